@@ -1,0 +1,19 @@
+"""Errors that users can act on: every message says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class GenMedSegError(Exception):
+    """Base class of every error genmedseg raises on purpose; the CLI prints it without a traceback."""
+
+
+class DataError(GenMedSegError):
+    """A dataset folder, image or mask cannot be used as it is."""
+
+
+class ConfigError(GenMedSegError):
+    """A configuration file or flag is wrong (unknown key, bad value)."""
+
+
+class WeightsError(GenMedSegError):
+    """Pretrained weights are missing or do not match the expected architecture."""
