@@ -1,0 +1,1 @@
+"""Segmentation networks and the building blocks they share."""
