@@ -1,0 +1,96 @@
+"""The torch Dataset of image/mask pairs and an epoch-seeded shuffling sampler.
+
+Reproducibility: the augmentation of item ``i`` in epoch ``e`` is seeded by ``(seed, e, i)`` only, so a run gives
+the same batches whatever the number of DataLoader workers, and a resumed run continues exactly. The epoch lives in
+a shared-memory tensor, so :meth:`SegmentationDataset.set_epoch` called in the main process reaches workers too,
+including persistent ones; call it (and the sampler's ``set_epoch``) before the epoch's loader iterator is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from genmedseg.data.io import read_pair
+from genmedseg.data.layout import DatasetIndex
+from genmedseg.data.transforms import eval_transforms, set_seed, train_transforms
+from genmedseg.errors import DataError
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed mixed from ``(seed, epoch, index)`` (NumPy SeedSequence, so nearby triples are unrelated)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SegmentationDataset(Dataset):
+    """One split of a :class:`DatasetIndex` as ``{"image", "mask", "name", "original_size"}`` items.
+
+    ``image`` is float32 3 x S x S in [0, 1], ``mask`` float32 1 x S x S in {0, 1} (S = ``image_size``), ``name`` the
+    pair's name and ``original_size`` the ``(H, W)`` of the file on disk (to resize predictions back). With
+    ``augment=True`` the training augmentations of :func:`train_transforms` are applied, seeded per item and epoch.
+    """
+
+    def __init__(self, index: DatasetIndex, split: str, image_size: int = 224, augment: bool = False,
+                 seed: int = 0) -> None:
+        self.names = index.names(split)
+        if not self.names:
+            raise DataError(f"{index.root}: split {split!r} has no image/mask pairs ({index.summary()}); "
+                            "check the split file or run `genmedseg check-data`")
+        self.pairs = [index.pairs[name] for name in self.names]
+        self.augment = augment
+        self.seed = seed
+        self.transform = train_transforms(image_size) if augment else eval_transforms(image_size)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentations :meth:`__getitem__` draws."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentations of ``epoch`` (visible to DataLoader workers already started)."""
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_path, mask_path = self.pairs[i]
+        image, mask = read_pair(image_path, mask_path)
+        if self.augment:
+            set_seed(self.transform, augmentation_seed(self.seed, self.epoch, i))
+        sample = self.transform({"image": image.transpose(2, 0, 1), "mask": mask[None]})
+        return {
+            "image": sample["image"],
+            "mask": sample["mask"],
+            "name": self.names[i],
+            "original_size": (int(image.shape[0]), int(image.shape[1])),
+        }
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn from ``torch.Generator().manual_seed(seed + epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of each training epoch, so the order is a pure function of
+    ``(seed, epoch)``: reproducible, resumable and independent of the number of workers.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of ``epoch`` from the next iteration on."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
