@@ -1,0 +1,55 @@
+"""What GMS and Wave-GMS share: a frozen autoencoder, deep-supervised latent mapping and its two losses.
+
+The latent mapping model predicts the mask's latent at several depths (``level3`` ... ``out``); the supervised heads
+are trained with a latent MSE against the autoencoder's latent of the mask and with a soft Dice between the mask and
+the heads decoded by the frozen decoder (the gradient goes through the decoder, whose weights stay fixed).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import nn
+
+from genmedseg.models.base import SegmentationMethod
+
+
+class LatentSegmentationMethod(SegmentationMethod):
+    """Base of the latent generative segmenters: decoding, mask latents and the latent + Dice losses.
+
+    Subclasses set ``self.autoencoder`` (anything with ``decode(latents) -> [0, 1] images``) and implement
+    ``mask_latent``.
+    """
+
+    size_multiple = 8
+    autoencoder: nn.Module
+
+    def __init__(self, supervised_heads: tuple[str, ...], latent_weight: float, dice_weight: float) -> None:
+        super().__init__()
+        self.supervised_heads = tuple(supervised_heads)
+        self.latent_weight = latent_weight
+        self.dice_weight = dice_weight
+        self.dice_loss = DiceLoss()
+
+    def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's latent of binary masks ``(B,1,H,W)`` (encoded as grey RGB images)."""
+        raise NotImplementedError
+
+    def decode_proba(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frozen decoder output averaged over RGB: a probability map in [0, 1]."""
+        return self.autoencoder.decode(latents).mean(dim=1, keepdim=True).clamp(0.0, 1.0)
+
+    def mapping_losses(
+        self, heads: dict[str, torch.Tensor], masks: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted latent MSE + image-space Dice over the supervised heads, and the unweighted parts."""
+        with torch.no_grad():
+            target = self.mask_latent(masks)
+        latent_mse = sum(F.mse_loss(heads[name], target) for name in self.supervised_heads)
+        # One decoder call for all supervised heads: the same result as one call per head, with fewer launches.
+        supervised = torch.cat([heads[name] for name in self.supervised_heads])
+        probabilities = self.decode_proba(supervised).chunk(len(self.supervised_heads))
+        dice = sum(self.dice_loss(proba, masks) for proba in probabilities)
+        loss = self.latent_weight * latent_mse + self.dice_weight * dice
+        return loss, {"latent_mse": latent_mse, "dice": dice}

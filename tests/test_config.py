@@ -1,0 +1,65 @@
+"""Configuration: YAML sections, flag overrides, unknown keys and type checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from genmedseg.config import RunConfig
+from genmedseg.errors import ConfigError
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  root: /data/busi\n  image_size: 128\ntrain:\n  lr: 2e-3\n  epochs: 10\n")
+    config = RunConfig.from_yaml(path)
+    assert (config.data.root, config.data.image_size, config.train.lr, config.train.epochs) == (
+        "/data/busi", 128, 0.002, 10)
+    config.override("train", epochs=3, batch_size=None)
+    assert config.train.epochs == 3 and config.train.batch_size == 12
+    config.to_yaml(tmp_path / "resolved.yaml")
+    assert RunConfig.from_yaml(tmp_path / "resolved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dataa:\n  root: x\n", "unknown section(s) ['dataa']"),
+        ("train:\n  epoch: 3\n", "unknown key(s) ['epoch']"),
+        ("train:\n  epochs: three\n", "expected a number"),
+        ("train:\n  epochs: 2.5\n", "expected an integer"),
+        ("data:\n  augment: 3\n", "expected true or false"),
+        ("data: [1, 2]\n", "expected a mapping"),
+        ("data: {root: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_fix(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as error:
+        RunConfig.from_yaml(path)
+    assert message in str(error.value)
+
+
+def test_unknown_key_lists_the_valid_ones(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="valid keys are .*'lr'"):
+        RunConfig.from_yaml(path)
+
+
+def test_devices_accept_counts_and_auto():
+    config = RunConfig()
+    config.override("train", devices="auto")
+    assert config.train.devices == "auto"
+    config.override("train", devices=2)
+    assert config.train.devices == 2
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert configs, "configs/ holds the dataset configurations"
+    for path in configs:
+        config = RunConfig.from_yaml(path)
+        assert config.data.image_size % 8 == 0, path
