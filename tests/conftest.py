@@ -27,3 +27,62 @@ def shared_data() -> Path:
 def shared_weights() -> Path:
     """``../shared/weights`` (TAEF2 tiny autoencoder), or skip."""
     return _shared_path("weights")
+
+
+# --- tiny random-weight parts, so that every generic test runs in seconds --------------------------------------------
+
+TINY_OPTIONS = {
+    "wave-gms": {"encoder_channels": 8, "mapping_channels": 16},
+    "gms": {"mapping_channels": 16},
+    "unet": {"features": [8, 8, 16, 16, 32, 8]},
+}
+
+
+def save_tiny_vae(folder: Path, latent_channels: int = 4, use_midblock_gn: bool = False, seed: int = 0) -> Path:
+    """A random TAESD-format ``tiny_encoder.pth`` / ``tiny_decoder.pth`` pair of width 8 in ``folder``."""
+    import torch
+
+    from genmedseg.vae import FrozenTinyVAE
+
+    torch.manual_seed(seed)
+    vae = FrozenTinyVAE(latent_channels=latent_channels, use_midblock_gn=use_midblock_gn, channels=8)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(vae.encoder.state_dict(), folder / "tiny_encoder.pth")
+    torch.save(vae.decoder.state_dict(), folder / "tiny_decoder.pth")
+    return folder
+
+
+def save_tiny_sd_vae(folder: Path, seed: int = 0) -> Path:
+    """A random diffusers ``AutoencoderKL`` folder with the SD VAE's layout (1/8 size, 4 latent channels), width 8."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    blocks = 4
+    AutoencoderKL(
+        block_out_channels=(8,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_vae(tmp_path_factory.mktemp("tiny_vae"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sd_vae(tmp_path_factory.mktemp("tiny_sd_vae"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic GMS-layout dataset (8 train, 4 val, 4 test images of 48 x 48)."""
+    from genmedseg.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", n_train=8, n_val=4, n_test=4, size=48)

@@ -137,18 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: fits in a few minutes)")
     demo.add_argument("--image-size", type=int, default=None)
     demo.add_argument("--vae", help="frozen tiny VAE (default: GENMEDSEG_VAE, else madebyollin/taesd)")
-    demo.set_defaults(run=cmd_demo)
+    demo.set_defaults(handler=cmd_demo)
 
     check = verbs.add_parser("check-data", help="decode every file of a dataset and list every problem")
     check.add_argument("data", help="dataset folder")
     check.add_argument("--split-file")
-    check.set_defaults(run=cmd_check_data)
+    check.set_defaults(handler=cmd_check_data)
 
     train = verbs.add_parser("train", help="train a model into a run folder")
     _add_training_flags(train)
     train.add_argument("--out", help="new run folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run exactly where it stopped")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(handler=cmd_train)
 
     evaluate = verbs.add_parser("evaluate", help="metrics.csv, summary.json and masks of a split")
     evaluate.add_argument("run", help="run folder or model folder")
@@ -159,21 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resolution", choices=("native", "model"), default="native",
                           help="native: each image's own size (default); model: the input size, as the papers do")
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.set_defaults(run=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = verbs.add_parser("predict", help="segment image files of any size")
     predict.add_argument("run", help="run folder or model folder")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True)
     predict.add_argument("--batch-size", type=int, default=8)
-    predict.set_defaults(run=cmd_predict)
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except GenMedSegError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -60,10 +60,11 @@ class SegmentationTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning restores model, optimiser, scheduler and loop counters; the random streams are ours to keep,
-        # so that a resumed run draws the same latent samples as an uninterrupted one.
+        # so that a resumed run draws the same latent samples as an uninterrupted one. Only tensors and plain
+        # Python values, so that the checkpoint loads with torch.load(weights_only=True).
         checkpoint["rng_states"] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_as_tensors(np.random.get_state()),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -73,7 +74,13 @@ class SegmentationTask(L.LightningModule):
         if states is None:
             return
         random.setstate(states["python"])
-        np.random.set_state(states["numpy"])
+        name, keys, position, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _numpy_state_as_tensors(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)

@@ -109,12 +109,12 @@ def fit(
     run_dir = Path(run_dir)
     if config.data.root is None:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
-    prepare_run_folder(config, run_dir, resume)
     index, warnings = assert_dataset_ok(
         discover(config.data.root, config.data.split_file, config.data.val_fraction, config.train.seed)
     )
     if warnings and not is_worker_rank():
         print(format_report(warnings, len(index.pairs), index.root))
+    prepare_run_folder(config, run_dir, resume)
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     method = create_model(config.model.name, vae=config.model.vae, **config.model.options)
@@ -122,15 +122,19 @@ def fit(
     task = SegmentationTask(method, config.train)
     train_set, train_loader, val_loader = make_loaders(config, index)
 
-    best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val_dice",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
+    # Two callbacks, best before last: Lightning writes "last" only when the monitored one saved, and the last
+    # checkpoint must carry the best callback's updated state for an exact resume.
+    best, last = (
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename=name,
+            monitor=monitor,
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        for name, monitor in (("best", "val_dice"), ("last", None))
     )
     trainer = L.Trainer(
         default_root_dir=run_dir,
@@ -140,7 +144,7 @@ def fit(
         strategy=_strategy(config.train.devices),
         precision=config.train.precision,
         logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[best, _EpochSeeder(train_set), *(callbacks or [])],
+        callbacks=[best, last, _EpochSeeder(train_set), *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         check_val_every_n_epoch=config.train.val_every,
         num_sanity_val_steps=0,

@@ -1,0 +1,132 @@
+"""The ``genmedseg`` command end to end: check-data, train, resume, evaluate, predict, DDP, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_OPTIONS
+from PIL import Image
+
+import genmedseg
+from genmedseg.cli import main
+
+
+def tiny_train_args(data: Path, vae: Path, out: Path, *extra: str) -> list[str]:
+    options = [f"--option={key}={value}" for key, value in TINY_OPTIONS["wave-gms"].items()]
+    return ["train", "--data", str(data), "--vae", str(vae), "--image-size", "32", "--epochs", "1",
+            "--batch-size", "4", "--accelerator", "cpu", "--out", str(out), *options, *extra]
+
+
+def test_check_data_lists_every_problem_and_fails(synthetic_data: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    images = sorted((data / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:80])  # truncated
+    (data / "masks" / images[1].name).unlink()  # missing mask
+    Image.new("L", (10, 10)).save(data / "masks" / images[2].name)  # size mismatch
+    assert main(["check-data", str(data)]) == 1
+    report = capsys.readouterr().out
+    for image in images[:3]:
+        assert image.name in report
+    assert main(["check-data", str(synthetic_data)]) == 0
+
+
+def test_errors_are_one_line_messages_without_traceback(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "Traceback" not in error and "nowhere" in error
+    assert main(["evaluate", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "no trained model here" in capsys.readouterr().err
+
+
+def test_unknown_model_lists_the_valid_ones(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(tiny_train_args(synthetic_data, tiny_vae_dir, tmp_path / "run", "--model", "wavegms")) == 2
+    assert "valid models are: gms, unet, wave-gms" in capsys.readouterr().err
+
+
+def test_config_file_flags_override_and_resolved_config_is_kept(
+    synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  epochs: 7\n  lr: 1.0e-3\ndata:\n  image_size: 64\n")
+    assert main([*tiny_train_args(synthetic_data, tiny_vae_dir, tmp_path / "run"), "--config", str(config)]) == 0
+    resolved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "epochs: 1\n" in resolved and "lr: 0.001\n" in resolved and "image_size: 32\n" in resolved
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "genmedseg.cli", *tiny_train_args(synthetic_data, tiny_vae_dir, run),
+               "--devices", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world_size: 2" in result.stderr or "Initializing distributed: GLOBAL_RANK: 1" in result.stderr
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+@pytest.fixture
+def glas_subset(shared_data: Path, tmp_path: Path) -> Path:
+    """Eight training and four test images of GlaS, as a plain folder with a CSV split."""
+    source, data = shared_data / "glas", tmp_path / "glas"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    names = {"train": [f"train_{i:02d}" for i in range(1, 9)], "test": [f"testA_{i:02d}" for i in range(1, 5)]}
+    rows = ["name,split"]
+    for split, split_names in names.items():
+        for name in split_names:
+            shutil.copy(source / "images" / f"{name}.png", data / "images")
+            shutil.copy(source / "masks" / f"{name}.png", data / "masks")
+            rows.append(f"{name},{split}")
+    (data / "split.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_end_to_end_on_real_glas_images(glas_subset: Path, shared_weights: Path, tmp_path: Path) -> None:
+    run, evaluation, predictions = tmp_path / "run", tmp_path / "eval", tmp_path / "pred"
+    vae = shared_weights / "taesd"
+    train = ["train", "--data", str(glas_subset), "--vae", str(vae), "--image-size", "64", "--epochs", "2",
+             "--batch-size", "4", "--accelerator", "cpu", "--out", str(run)]
+    assert main(train) == 0
+    for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "model/config.json",
+                 "model/model.safetensors", "model/README.md", "train_summary.json"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["trainable_parameters"] == 2_681_364  # wave-gms with the 32-channel TAEF2
+    assert summary["n_train"] + summary["n_val"] == 8
+
+    assert main(["evaluate", str(run), "--data", str(glas_subset), "--split", "test", "--out", str(evaluation)]) == 0
+    with (evaluation / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == [f"testA_{i:02d}" for i in range(1, 5)]
+    assert set(rows[0]) == {"name", "dice", "iou", "hd95", "gt_empty", "pred_empty"}
+    for row in rows:
+        assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["iou"]) <= float(row["dice"]) + 1e-9
+        assert 0.0 <= float(row["hd95"]) <= np.hypot(522, 775) / 2 + 1  # GlaS here is about 388 x 261
+    results = json.loads((evaluation / "summary.json").read_text())
+    assert results["dice"]["n"] == 4
+    assert results["dice"]["mean"] == pytest.approx(np.mean([float(row["dice"]) for row in rows]), abs=1e-5)
+    for name in ("testA_01", "testA_04"):
+        mask = np.asarray(Image.open(evaluation / "masks" / f"{name}.png"))
+        truth = Image.open(glas_subset / "masks" / f"{name}.png")
+        assert mask.shape == (truth.height, truth.width) and set(np.unique(mask)) <= {0, 255}
+        assert (evaluation / "probabilities" / f"{name}.png").is_file()
+    assert "### test split" in (run / "model" / "README.md").read_text()
+
+    odd = tmp_path / "odd.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (123, 77, 3), dtype=np.uint8)).save(odd)
+    assert main(["predict", str(run), str(odd), str(glas_subset / "images"), "--out", str(predictions)]) == 0
+    assert len(list((predictions / "masks").iterdir())) == 13
+    assert Image.open(predictions / "masks" / "odd.png").size == (77, 123)
+
+    segmenter = genmedseg.load(run)
+    image = np.asarray(Image.open(glas_subset / "images" / "testA_01.png"))
+    assert np.array_equal(segmenter.predict(image), np.asarray(Image.open(evaluation / "masks" / "testA_01.png")) > 0)
