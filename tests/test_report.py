@@ -44,10 +44,9 @@ def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-@pytest.fixture
-def evaluation(tmp_path: Path) -> Path:
+def _make_evaluation(root: Path) -> Path:
     """A dataset and an evaluation folder written the way ``genmedseg evaluate`` writes them."""
-    data, out = tmp_path / "data", tmp_path / "eval"
+    data, out = root / "data", root / "eval"
     (data / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = []
@@ -56,19 +55,27 @@ def evaluation(tmp_path: Path) -> Path:
         image = Image.fromarray(pixels[:, :, 0]) if name.startswith("gray") else Image.fromarray(pixels)
         image.save(data / "images" / f"{name}.png")
         write_mask_png(data / "masks" / f"{name}.png", truth)
+        # As evaluate does: the mask is the saved (uint8) probability above the threshold, scored against the file.
         write_probability_png(out / "probabilities" / f"{name}.png", probability)
-        write_mask_png(out / "masks" / f"{name}.png", read_probability_png(out / "probabilities" / f"{name}.png") > THRESHOLD)
-        metrics = segmentation_metrics(read_mask(out / "masks" / f"{name}.png"), read_mask(data / "masks" / f"{name}.png"))
+        prediction = read_probability_png(out / "probabilities" / f"{name}.png") > THRESHOLD
+        write_mask_png(out / "masks" / f"{name}.png", prediction)
+        metrics = segmentation_metrics(prediction, read_mask(data / "masks" / f"{name}.png"))
         rows.append({"name": name, **metrics})
     (data / "split.csv").write_text("name,split\n" + "".join(f"{row['name']},test\n" for row in rows))
     with (out / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["name", "dice", "iou", "hd95", "gt_empty", "pred_empty"])
         writer.writeheader()
         writer.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    summary = {**summarize(rows), "model": str(tmp_path / "run" / "model"), "data": str(data), "split": "test",
+    summary = {**summarize(rows), "model": str(root / "run" / "model"), "data": str(data), "split": "test",
                "resolution": "native"}
     (out / "summary.json").write_text(json.dumps(summary))
     return out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``report.html`` of a hand-made evaluation, written once for the tests that only read it."""
+    return write_report(_make_evaluation(tmp_path_factory.mktemp("report")), n_cases=N_CASES)
 
 
 def test_select_cases_ranks_by_dice_then_name() -> None:
@@ -79,12 +86,11 @@ def test_select_cases_ranks_by_dice_then_name() -> None:
     assert select_cases(dice, 0) == []
 
 
-def test_report_content(evaluation: Path) -> None:
-    path = write_report(evaluation, n_cases=N_CASES)
-    page = path.read_text()
-    summary = json.loads((evaluation / "summary.json").read_text())
+def test_report_content(report: Path) -> None:
+    page = report.read_text()
+    summary = json.loads((report.parent / "summary.json").read_text())
 
-    assert path == evaluation / "report.html"
+    assert report.name == "report.html"
     assert "http://" not in page and "https://" not in page
     for metric in ("dice", "iou", "hd95"):
         for key in ("mean", "std"):
@@ -102,24 +108,24 @@ def test_report_content(evaluation: Path) -> None:
     assert '<tr><th>lesion</th><td>empty</td></tr>' in page and '<tr><th>prediction</th><td>empty</td></tr>' in page
 
 
-def test_report_without_dataset_names_the_fix(evaluation: Path, tmp_path: Path) -> None:
+def test_report_without_dataset_names_the_fix(tmp_path: Path) -> None:
+    evaluation = _make_evaluation(tmp_path)
     shutil.rmtree(tmp_path / "data")
     with pytest.raises(DataError, match="pass data_root"):
         write_report(evaluation)
 
 
-def test_report_opens_offline_in_chromium(evaluation: Path, tmp_path: Path) -> None:
+def test_report_opens_offline_in_chromium(report: Path, tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not on PATH (apt-get install chromium); the page is checked without a browser above")
-    page = write_report(evaluation, n_cases=N_CASES)
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     screenshot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1280,4000", page.as_uri()],
+    subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1280,4000", report.as_uri()],
                    check=True, capture_output=True, timeout=120)
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], check=True, capture_output=True, text=True,
+    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
                          timeout=120).stdout
 
     assert screenshot.stat().st_size > 50_000
@@ -128,7 +134,7 @@ def test_report_opens_offline_in_chromium(evaluation: Path, tmp_path: Path) -> N
         assert len(shot.convert("L").getcolors(1 << 16)) > 50  # not a blank page
     images = re.findall(r"<img [^>]*>", dom)
     assert len(images) == 2 + 6 and all('data-loaded="1"' in img for img in images)
-    summary = json.loads((evaluation / "summary.json").read_text())
+    summary = json.loads((report.parent / "summary.json").read_text())
     for metric in ("dice", "iou", "hd95"):
         cell = re.search(rf'id="summary-{metric}-mean">([^<]*)<', dom).group(1)
         assert cell == f"{summary[metric]['mean']:.{DIGITS}f}"

@@ -88,23 +88,25 @@ def write_report(
     if n_cases < 0:
         raise ConfigError(f"n_cases must be 0 or more, got {n_cases}")
     evaluation_dir = Path(evaluation_dir)
-    summary = _read_json(evaluation_dir / EVALUATION_SUMMARY_NAME, "run `genmedseg evaluate RUN --out DIR` first")
+    summary = _read_evaluation_summary(evaluation_dir / EVALUATION_SUMMARY_NAME)
     cases = _read_metrics(evaluation_dir / METRICS_NAME)
-    pairs = _dataset_pairs(Path(data_root or summary["data"]), split_file, [case.name for case in cases], data_root)
+    hint = ("check the data_root you gave" if data_root else
+            "the dataset recorded in summary.json is used; pass data_root (--data) if it has moved")
+    pairs = _dataset_pairs(Path(data_root or summary["data"]), split_file, [case.name for case in cases], hint)
     lesion_fraction = {case.name: float(read_mask(pairs[case.name][1]).mean()) for case in cases}
 
     groups = select_cases({case.name: case.dice for case in cases}, n_cases)
     by_name = {case.name: case for case in cases}
     figure_ids = {name: _anchor("figure", name) for _, names in groups for name in names}
     sections = [
-        _summary_section(summary, digits),
-        _image_section("distributions", "Distributions",
-                       _png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95")),
-        _image_section("size", "Dice against lesion size",
-                       _png_img(_size_figure(cases, lesion_fraction), dpi,
-                                "Scatter plot of Dice against the ground-truth foreground fraction")),
-        _cases_section(groups, by_name, pairs, evaluation_dir, lesion_fraction, digits, dpi),
-        _metrics_section(cases, lesion_fraction, figure_ids, digits),
+        ("summary", "summary", _summary_section(summary, digits)),
+        ("distributions", "distributions",
+         _png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95")),
+        ("size", "Dice against lesion size",
+         _png_img(_size_figure(cases, lesion_fraction), dpi, "Dice against the ground-truth foreground fraction")),
+        ("cases", "cases", _cases_section(groups, by_name, pairs, evaluation_dir, lesion_fraction, digits, dpi)),
+        ("metrics", f"per-image metrics ({METRICS_NAME})",
+         _metrics_section(cases, lesion_fraction, figure_ids, digits)),
     ]
     title = f"{_model_label(summary['model'])} on {Path(summary['data']).name} ({summary['split']})"
     page = _page(title, sections)
@@ -118,7 +120,7 @@ def select_cases(dice_by_name: Mapping[str, float], n_cases: int) -> list[tuple[
 
     Cases are ranked by (Dice, name), so ties are broken by name and the choice does not depend on the order of
     ``metrics.csv``. The median group is the ``n_cases`` names around the middle of that ranking. With ``3 * n_cases``
-    names or fewer the groups would overlap, so every name is returned once as ``[("all", ranked)]``.
+    names or fewer there is nothing to choose from, so every name is returned once as ``[("all", ranked)]``.
     """
     ranked = sorted(dice_by_name, key=lambda name: (dice_by_name[name], name))
     if n_cases == 0 or not ranked:
@@ -175,19 +177,28 @@ def _flag(text: str) -> bool:
     raise ValueError(f"{text!r} is not True or False")
 
 
+def _read_evaluation_summary(path: Path) -> dict[str, Any]:
+    fix = "run `genmedseg evaluate RUN --data DIR --out EVAL` (again)"
+    summary = _read_json(path, fix)
+    missing = [key for key in (*METRIC_NAMES, "n_gt_empty", "n_pred_empty", "model", "data", "split")
+               if key not in summary]
+    if missing:
+        raise DataError(f"{path}: not an evaluation summary (no {', '.join(missing)}); {fix}")
+    return summary
+
+
 def _dataset_pairs(
-    root: Path, split_file: str | os.PathLike | None, names: list[str], given_root: object
+    root: Path, split_file: str | os.PathLike | None, names: list[str], hint: str
 ) -> dict[str, tuple[Path, Path]]:
-    hint = "the data_root you gave" if given_root else "the dataset recorded in summary.json; pass data_root (--data)"
+    """Image and mask paths of every evaluated name; ``hint`` says where ``root`` came from and what to do."""
     try:
         pairs = discover(root, split_file).pairs
     except DataError as error:
-        raise DataError(f"{error} ({hint} if it has moved)") from None
+        raise DataError(f"{error} ({hint})") from None
     missing = [name for name in names if name not in pairs]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{root}: {len(missing)} evaluated image(s) have no image/mask pair here ({shown}); "
-                        f"this is {hint} pointing at the evaluated dataset")
+        raise DataError(f"{root}: {len(missing)} evaluated image(s) have no image/mask pair here ({shown}); {hint}")
     return pairs
 
 
@@ -219,7 +230,8 @@ def _distribution_figure(cases: Sequence[_Case]) -> Any:
         upper = 1.0 if name in ("dice", "iou") else max(float(values.max()), 1.0)
         histogram = figure.add_subplot(grid[0, column])
         histogram.hist(values, bins=np.linspace(0.0, upper, 21), color=BLUE, edgecolor="white")
-        histogram.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=2, label=f"mean {values.mean():.3f}")
+        histogram.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=2,
+                          label=f"mean {values.mean():.3f}")
         histogram.set_title(_METRIC_LABELS[name])
         histogram.set_ylabel("images")
         histogram.legend(loc="upper center" if name in ("dice", "iou") else "upper right", frameon=False)
@@ -274,7 +286,8 @@ def _case_figure(
     image_axes.imshow(image, extent=extent)
     outline_axes.imshow(image, extent=extent)
     handles = []
-    for mask, style, label in ((truth, GROUND_TRUTH_STYLE, "ground truth"), (prediction, PREDICTION_STYLE, "prediction")):
+    outlines = ((truth, GROUND_TRUTH_STYLE, "ground truth"), (prediction, PREDICTION_STYLE, "prediction"))
+    for mask, style, label in outlines:
         if mask.any():
             _draw_outline(outline_axes, mask, (height, width), style)
         handles.append(Line2D([], [], color=style["colors"], linestyle=style["linestyles"], linewidth=2.5,
@@ -321,10 +334,6 @@ def _png_img(figure: Any, dpi: int, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" alt="{html.escape(alt)}">'
 
 
-def _image_section(section_id: str, heading: str, img: str) -> str:
-    return f'<section id="{section_id}"><h2>{html.escape(heading)}</h2>\n{img}\n</section>'
-
-
 def _summary_section(summary: Mapping[str, Any], digits: int) -> str:
     rows = []
     for name in METRIC_NAMES:
@@ -343,15 +352,16 @@ def _summary_section(summary: Mapping[str, Any], digits: int) -> str:
         ("resolution", "resolution", summary.get("resolution", "native")),
     ]
     detail_rows = "".join(
-        f'<tr><th>{label}</th><td id="summary-{key}">{html.escape(str(value))}</td></tr>' for key, label, value in details
+        f'<tr><th>{label}</th><td id="summary-{key}">{html.escape(str(value))}</td></tr>'
+        for key, label, value in details
     )
     return (
-        '<section id="summary"><h2>Summary</h2>\n<div class="row">'
+        '<div class="row">'
         '<table class="metrics"><thead><tr><th></th><th>mean</th><th>std</th><th>n</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>\n"
         f'<table class="details"><tbody>{detail_rows}</tbody></table></div>\n'
         '<p class="note">Mean over images; std with ddof=1; HD95 in pixels. Empty-mask rule: both masks empty gives '
-        "Dice 1 and HD95 0; exactly one empty gives Dice 0 and HD95 = the image diagonal.</p></section>"
+        "Dice 1 and HD95 0; exactly one empty gives Dice 0 and HD95 = the image diagonal.</p>"
     )
 
 
@@ -368,8 +378,7 @@ def _cases_section(
         return ""
     headings = {"worst": "Worst {n} by Dice", "median": "Median {n} by Dice", "best": "Best {n} by Dice",
                 "all": "All {n} images, by Dice"}
-    parts = ['<section id="cases"><h2>Cases</h2>',
-             '<p class="note">Outlines: ground truth solid sky blue, prediction dashed orange. Ascending Dice within '
+    parts = ['<p class="note">Outlines: ground truth solid sky blue, prediction dashed orange. Ascending Dice within '
              "each group; the name links to the image's row of the metrics table.</p>"]
     for group, names in groups:
         parts.append(f'<h3 id="cases-{group}">{headings[group].format(n=len(names))}</h3>')
@@ -384,7 +393,6 @@ def _cases_section(
             )
             parts.append(_case_block(case, lesion_fraction[name], digits,
                                      _png_img(figure, dpi, f"{name}: image, outlines and probability map")))
-    parts.append("</section>")
     return "\n".join(parts)
 
 
@@ -425,11 +433,10 @@ def _metrics_section(
             f"<td>{'empty' if case.gt_empty else ''}</td><td>{'empty' if case.pred_empty else ''}</td></tr>"
         )
     return (
-        f'<section id="metrics"><h2>Per-image metrics ({METRICS_NAME})</h2>'
         '<p class="note">Linked names have a figure above.</p>'
         '<table class="per-image"><thead><tr><th>name</th><th>Dice</th><th>IoU</th><th>HD95 (px)</th>'
         "<th>lesion (%)</th><th>ground truth</th><th>prediction</th></tr></thead>"
-        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table></section>"
+        f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>"
     )
 
 
@@ -459,19 +466,20 @@ window.addEventListener("load", function () {
 """
 
 
-def _page(title: str, sections: Iterable[str]) -> str:
-    navigation = " ".join(
-        f'<a href="#{target}">{label}</a>'
-        for target, label in (("summary", "summary"), ("distributions", "distributions"), ("size", "lesion size"),
-                              ("cases", "cases"), ("metrics", "per-image metrics"))
+def _page(title: str, sections: Iterable[tuple[str, str, str]]) -> str:
+    """The whole page; ``sections`` are (id, heading, HTML body), and those with an empty body are left out."""
+    present = [(section_id, heading, body) for section_id, heading, body in sections if body]
+    navigation = " ".join(f'<a href="#{section_id}">{heading}</a>' for section_id, heading, _ in present)
+    body = "\n".join(
+        f'<section id="{section_id}"><h2>{heading[0].upper() + heading[1:]}</h2>\n{body}\n</section>'
+        for section_id, heading, body in present
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-        f"<h1>Evaluation: {html.escape(title)}</h1>\n<nav>{navigation}</nav>\n"
-        + "\n".join(section for section in sections if section)
-        + f"\n<script>{_MARK_LOADED}</script>\n</body></html>\n"
+        f"<h1>Evaluation: {html.escape(title)}</h1>\n<nav>{navigation}</nav>\n{body}\n"
+        f"<script>{_MARK_LOADED}</script>\n</body></html>\n"
     )
 
 
@@ -532,49 +540,63 @@ def _read_log_file(path: Path) -> dict[int, dict[str, float]]:
 
 
 def plot_training_curves(run_dir: str | os.PathLike, dpi: int = 100) -> Path | None:
-    """Write ``run_dir/curves.png``: loss parts and validation Dice per epoch; None if the run has no logs yet."""
+    """Write ``run_dir/curves.png``: loss parts and validation Dice per epoch; None if the run has no logs yet.
+
+    The loss axis is logarithmic when the plotted values span more than a factor of ten; dotted lines mark where a
+    resumed session started.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     run_dir = Path(run_dir)
     log = read_training_log(run_dir)
     if not log.values:
         return None
-    epochs = list(log.values)
-    columns = sorted({key for row in log.values.values() for key in row if key.startswith("train_")},
-                     key=lambda key: (key != "train_loss", key))
     figure = _new_figure(11, 4)
     loss_axes, dice_axes = figure.subplots(1, 2)
-    colours = [BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW]
-    for number, column in enumerate(columns):
-        xs = [epoch for epoch in epochs if column in log.values[epoch]]
-        loss_axes.plot(xs, [log.values[epoch][column] for epoch in xs], color=colours[number % len(colours)],
-                       linewidth=2.5 if column == "train_loss" else 1.5, label=column.removeprefix("train_"))
-    all_losses = [row[column] for row in log.values.values() for column in columns if column in row]
-    if all_losses and min(all_losses) > 0:
-        loss_axes.set_yscale("log")
-    loss_axes.set_title("training loss and its parts")
-    val_epochs = [epoch for epoch in epochs if "val_dice" in log.values[epoch]]
-    if val_epochs:
-        val_dice = [log.values[epoch]["val_dice"] for epoch in val_epochs]
-        dice_axes.plot(val_epochs, val_dice, color=BLUE, marker="o", markersize=3, label="validation Dice")
-        best = int(np.argmax(val_dice))
-        dice_axes.plot([val_epochs[best]], [val_dice[best]], linestyle="none", marker="*", markersize=14,
-                       color=VERMILLION, label=f"best {val_dice[best]:.4f} (epoch {val_epochs[best]})")
-    else:
-        dice_axes.text(0.5, 0.5, "no validation Dice logged", ha="center", va="center", transform=dice_axes.transAxes)
-    dice_axes.set_title("validation Dice")
-    dice_axes.set_ylim(0.0, 1.0)
+    _plot_losses(loss_axes, log.values)
+    _plot_validation_dice(dice_axes, log.values)
     for axes in (loss_axes, dice_axes):
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         for number, epoch in enumerate(log.resumed_at):
             axes.axvline(epoch - 0.5, color="grey", linestyle=":", label="resumed" if number == 0 else None)
-    if columns or log.resumed_at:
-        loss_axes.legend(frameon=False)
-    if val_epochs:
-        dice_axes.legend(frameon=False, loc="lower right")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(frameon=False, loc="lower right" if axes is dice_axes else "upper right")
     path = run_dir / CURVES_NAME
     png = _png_bytes(figure, dpi)
     atomic_write(path, lambda temporary: temporary.write_bytes(png))
     return path
+
+
+def _plot_losses(axes: Any, values: Mapping[int, Mapping[str, float]], log_range: float = 10.0) -> None:
+    columns = sorted({key for row in values.values() for key in row if key.startswith("train_")},
+                     key=lambda key: (key != "train_loss", key))
+    colours = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW)
+    plotted = []
+    for number, column in enumerate(columns):
+        epochs = [epoch for epoch, row in values.items() if column in row]
+        losses = [values[epoch][column] for epoch in epochs]
+        plotted.extend(losses)
+        axes.plot(epochs, losses, color=colours[number % len(colours)],
+                  linewidth=2.5 if column == "train_loss" else 1.5, label=column.removeprefix("train_"))
+    if plotted and min(plotted) > 0 and max(plotted) > log_range * min(plotted):
+        axes.set_yscale("log")
+    axes.set_title("training loss and its parts")
+
+
+def _plot_validation_dice(axes: Any, values: Mapping[int, Mapping[str, float]]) -> None:
+    epochs = [epoch for epoch, row in values.items() if "val_dice" in row]
+    axes.set_title("validation Dice")
+    axes.set_ylim(0.0, 1.0)
+    if not epochs:
+        axes.text(0.5, 0.5, "no validation Dice logged", ha="center", va="center", transform=axes.transAxes)
+        return
+    dice = [values[epoch]["val_dice"] for epoch in epochs]
+    axes.plot(epochs, dice, color=BLUE, marker="o", markersize=3, label="validation Dice")
+    best = int(np.argmax(dice))
+    axes.plot([epochs[best]], [dice[best]], linestyle="none", marker="*", markersize=14, color=VERMILLION,
+              label=f"best {dice[best]:.4f} (epoch {epochs[best]})")
 
 
 # ------------------------------------------------------------------------------------------------------ runs table
@@ -654,7 +676,7 @@ def _text_table(lines: Sequence[Sequence[str]], right_aligned: set[int]) -> str:
     def render(line: Sequence[str]) -> str:
         return "  ".join(
             cell.rjust(width) if column in right_aligned else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(line, widths))
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
         ).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
