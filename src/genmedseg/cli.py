@@ -84,21 +84,19 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if any(p.severity == "error" for p in problems) else 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    for metric in ("dice", "iou", "hd95"):
-        values = summary[metric]
-        print(f"  {metric:5s} {values['mean']:.4f} ± {values['std']:.4f}  (n={values['n']})")
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from genmedseg.engine.inference import evaluate
+    from genmedseg.engine.inference import evaluate, format_summary
 
     data = args.data or _run_data_root(Path(args.run))
     summary = evaluate(args.run, data, args.out, split=args.split, split_file=args.split_file,
                        resolution=args.resolution, batch_size=args.batch_size)
     print(f"{args.split} split of {data}:")
-    _print_summary(summary)
+    print(format_summary(summary))
     print(f"written: {Path(args.out) / 'metrics.csv'}, {Path(args.out) / 'summary.json'}, masks/ and probabilities/")
+    if args.report:
+        from genmedseg.report import write_report
+
+        print(f"report: {write_report(args.out, data_root=data, split_file=args.split_file)}")
     return 0
 
 
@@ -124,6 +122,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out=Path(args.out or f"genmedseg-demo-{time.strftime('%Y%m%d-%H%M%S')}"), data=args.data,
              epochs=args.epochs, image_size=args.image_size, vae=args.vae)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from genmedseg.models.registry import describe_models
+
+    rows = describe_models()
+    width = max(len(name) for name, _, _ in rows)
+    for name, summary, parameters in rows:
+        print(f"{name:{width}s}  {parameters / 1e6:5.2f} M trainable  {summary}")
+    print("Options: `--option KEY=VALUE`; e.g. wave-gms mapping=sft, image_encoder=tiny-vae (see docs/models.md).")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from genmedseg.report import runs_table
+
+    print(runs_table([Path(run) for run in args.runs], evaluations=[Path(e) for e in args.evaluations]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from genmedseg.report import write_report
+
+    path = write_report(args.evaluation, data_root=args.data, n_cases=args.cases, split_file=args.split_file)
+    print(f"report: {path}")
     return 0
 
 
@@ -159,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resolution", choices=("native", "model"), default="native",
                           help="native: each image's own size (default); model: the input size, as the papers do")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, worst/best cases)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = verbs.add_parser("predict", help="segment image files of any size")
@@ -167,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True)
     predict.add_argument("--batch-size", type=int, default=8)
     predict.set_defaults(handler=cmd_predict)
+
+    report = verbs.add_parser("report", help="write report.html for an evaluation folder")
+    report.add_argument("evaluation", help="folder written by `genmedseg evaluate`")
+    report.add_argument("--data", help="dataset folder (default: the one the evaluation records)")
+    report.add_argument("--split-file")
+    report.add_argument("--cases", type=int, default=3, help="worst, median and best cases shown (each)")
+    report.set_defaults(handler=cmd_report)
+
+    models = verbs.add_parser("models", help="list the methods with their trainable parameter counts")
+    models.set_defaults(handler=cmd_models)
+
+    runs = verbs.add_parser("runs", help="side-by-side table of training runs")
+    runs.add_argument("runs", nargs="+", help="run folders")
+    runs.add_argument("--evaluations", nargs="*", default=[], help="evaluation folders to take test Dice from")
+    runs.set_defaults(handler=cmd_runs)
     return parser
 
 

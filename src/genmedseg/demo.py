@@ -6,8 +6,9 @@ from pathlib import Path
 
 from genmedseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from genmedseg.data import make_synthetic_dataset
-from genmedseg.engine.inference import evaluate
+from genmedseg.engine.inference import evaluate, format_summary
 from genmedseg.engine.training import fit
+from genmedseg.report import write_report
 
 DEMO_EPOCHS = 12
 DEMO_IMAGE_SIZE = 64
@@ -42,12 +43,11 @@ def run_demo(
     print(f"Training Wave-GMS for {config.train.epochs} epochs at {config.data.image_size}x{config.data.image_size} ...")
     training = fit(config, run_dir)
     summary = evaluate(run_dir, data_dir, evaluation_dir, split="test")
-    print(f"\nTest split ({summary['dice']['n']} images), mean ± std per image:")
-    for metric in ("dice", "iou", "hd95"):
-        values = summary[metric]
-        print(f"  {metric:5s} {values['mean']:.4f} ± {values['std']:.4f}")
+    report = write_report(evaluation_dir, data_root=data_dir)
+    print(f"\nTest split, mean ± std per image (HD95 in pixels):\n{format_summary(summary)}")
     print(f"\nbest validation Dice {training['best_val_dice']:.4f} after {training['train_seconds']:.0f} s of training")
     print(f"run (checkpoints, logs, config): {run_dir}")
     print(f"model folder (load with genmedseg.load): {run_dir / 'model'}")
     print(f"per-image metrics and masks: {evaluation_dir / 'metrics.csv'}, {evaluation_dir / 'masks'}")
+    print(f"report (open in a browser): {report}")
     return summary

@@ -23,7 +23,7 @@ from genmedseg.data.io import IMAGE_EXTENSIONS, write_probability_png
 from genmedseg.engine.model_card import add_evaluation
 from genmedseg.errors import ConfigError, DataError
 from genmedseg.metrics import THRESHOLD, segmentation_metrics, summarize
-from genmedseg.models.base import CARD_FILE, CONFIG_FILE, SegmentationMethod, load_pretrained
+from genmedseg.models.base import CARD_FILE, CONFIG_FILE, MEMORY_FORMAT, SegmentationMethod, load_pretrained
 
 METRIC_COLUMNS = ("name", "dice", "iou", "hd95", "gt_empty", "pred_empty")
 RESOLUTIONS = ("native", "model")
@@ -41,7 +41,7 @@ class Segmenter:
 
     def __init__(self, method: SegmentationMethod, image_size: int, folder: Path, device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.method = method.to(self.device).eval()
+        self.method = method.to(self.device, memory_format=MEMORY_FORMAT).eval()
         self.image_size = image_size
         self.folder = folder
 
@@ -56,7 +56,7 @@ class Segmenter:
     def predict_proba_batch(self, images: list[np.ndarray], output_size: int | None = None) -> list[np.ndarray]:
         """Probabilities of float RGB images (H x W x 3 in [0, 1]), each at its own size or at ``output_size``."""
         batch = torch.stack([resize_image(torch.from_numpy(image).permute(2, 0, 1), self.image_size) for image in images])
-        proba = self.method.predict_proba(batch.to(self.device)).float()
+        proba = self.method.predict_proba(batch.to(self.device, memory_format=MEMORY_FORMAT)).float()
         outputs = []
         for image, single in zip(images, proba):
             size = (output_size, output_size) if output_size else image.shape[:2]
@@ -82,6 +82,14 @@ def load(path: str | Path, device: str | None = None) -> Segmenter:
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The mean ± std (n) lines of an evaluation summary, as the CLI and the demo print them."""
+    return "\n".join(
+        f"  {metric:5s} {summary[metric]['mean']:.4f} ± {summary[metric]['std']:.4f}  (n={summary[metric]['n']})"
+        for metric in ("dice", "iou", "hd95")
+    )
 
 
 def evaluate(
@@ -175,10 +183,14 @@ def predict(
     A file that cannot be read is reported and skipped; the others are still segmented.
     """
     segmenter = load(model_path, device)
+    files, failures, written = find_images(inputs), [], []
+    stems = [path.stem for path in files]
+    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clashes:
+        raise DataError(f"several input files would write the same mask name: {', '.join(clashes)}; rename them")
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "probabilities").mkdir(exist_ok=True)
-    files, failures, written = find_images(inputs), [], []
     for chunk in _batches(files, batch_size):
         readable = []
         for path in chunk:
@@ -190,7 +202,8 @@ def predict(
             continue
         for (path, _), proba in zip(readable, segmenter.predict_proba_batch([image for _, image in readable])):
             write_probability_png(out / "probabilities" / f"{path.stem}.png", proba)
-            written.append(write_mask_png(out / "masks" / f"{path.stem}.png", proba > THRESHOLD) or path)
+            write_mask_png(out / "masks" / f"{path.stem}.png", proba > THRESHOLD)
+            written.append(out / "masks" / f"{path.stem}.png")
     if failures:
         raise DataError(
             f"{len(failures)} of {len(files)} files could not be read (the other masks were written):\n  "

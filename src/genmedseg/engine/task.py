@@ -12,7 +12,7 @@ import torch
 
 from genmedseg.config import TrainConfig
 from genmedseg.metrics import batch_dice
-from genmedseg.models.base import SegmentationMethod
+from genmedseg.models.base import MEMORY_FORMAT, SegmentationMethod
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -32,8 +32,13 @@ class SegmentationTask(L.LightningModule):
 
     def __init__(self, method: SegmentationMethod, train: TrainConfig) -> None:
         super().__init__()
-        self.method = method
+        self.method = method.to(memory_format=MEMORY_FORMAT)
         self.train_config = train
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        for key in ("image", "mask"):
+            batch[key] = batch[key].contiguous(memory_format=MEMORY_FORMAT)
+        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.method.training_loss(batch)

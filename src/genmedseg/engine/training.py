@@ -8,6 +8,7 @@ A run folder holds everything about one training run::
     RUN/logs/version_N/metrics.csv  one CSV log per training session (a resumed run adds a version)
     RUN/model/                      the best model as config.json + model.safetensors + README.md
     RUN/train_summary.json          what the ``runs`` table shows
+    RUN/curves.png                  losses and validation Dice per epoch
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from genmedseg.engine.task import SegmentationTask
 from genmedseg.errors import ConfigError
 from genmedseg.models.base import SegmentationMethod
 from genmedseg.models.registry import create_model
+from genmedseg.report import plot_training_curves
 
 CONFIG_NAME = "config.yaml"
 BEST_CHECKPOINT = "checkpoints/best.ckpt"
@@ -215,6 +217,7 @@ def _finish_run(
     card = render_model_card(config, summary)
     method.save_pretrained(run_dir / MODEL_FOLDER, card=card, training=summary)
     atomic_write(run_dir / SUMMARY_NAME, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+    plot_training_curves(run_dir)
     return summary
 
 

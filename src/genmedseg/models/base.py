@@ -23,6 +23,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 FORMAT_VERSION = 1
+# Convolutions run faster on channels-last (NHWC) tensors: oneDNN on CPU (1.3x per Wave-GMS training step,
+# benchmarks/speed.py) and tensor cores on GPU. The trainer and the predictor put models and batches in it.
+MEMORY_FORMAT = torch.channels_last
 
 
 class SegmentationMethod(nn.Module):
@@ -39,6 +42,11 @@ class SegmentationMethod(nn.Module):
     @classmethod
     def create(cls, vae: str | None = None, **options: Any) -> SegmentationMethod:
         """A new, untrained model with its pretrained frozen parts loaded (``vae``: where to find them)."""
+        return cls(**options)
+
+    @classmethod
+    def with_random_weights(cls, tiny: bool = False, **options: Any) -> SegmentationMethod:
+        """Random weights everywhere, frozen parts included (paper sizes, or ``tiny``): for counts and timings only."""
         return cls(**options)
 
     @classmethod

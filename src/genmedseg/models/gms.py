@@ -24,7 +24,7 @@ import torch
 from genmedseg.errors import ConfigError
 from genmedseg.models.latent import LatentSegmentationMethod
 from genmedseg.models.lmm import ResAttnUNetDS
-from genmedseg.vae import FrozenSDVAE, load_sd_vae
+from genmedseg.vae import SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE, load_sd_vae
 
 LATENT_NOISE = ("posterior", "original", "none")
 
@@ -72,6 +72,10 @@ class GMS(LatentSegmentationMethod):
     @classmethod
     def create(cls, vae: str | None = None, **options: Any) -> GMS:
         return cls(load_sd_vae(vae), **options)
+
+    @classmethod
+    def with_random_weights(cls, tiny: bool = False, **options: Any) -> GMS:
+        return cls(FrozenSDVAE.from_config(TINY_SD_VAE_CONFIG if tiny else SD_VAE_CONFIG), **options)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GMS:

@@ -28,3 +28,12 @@ def create_model(name: str, vae: str | None = None, **options: Any) -> Segmentat
         return cls.create(vae=vae, **options)
     except TypeError as error:
         raise ConfigError(f"model {name!r}: bad option ({error}); see `genmedseg models` and its docs") from error
+
+
+def describe_models() -> list[tuple[str, str, int]]:
+    """Name, one-line description and trainable parameter count (default options, paper-size latents) per model."""
+    rows = []
+    for name, cls in sorted(MODELS.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        rows.append((name, summary, cls.with_random_weights(tiny=True).num_trainable_parameters()))
+    return rows

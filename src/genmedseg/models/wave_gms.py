@@ -107,6 +107,10 @@ class WaveGMS(LatentSegmentationMethod):
         return cls(load_tiny_vae(vae), **options)
 
     @classmethod
+    def with_random_weights(cls, tiny: bool = False, **options: Any) -> WaveGMS:
+        return cls(FrozenTinyVAE(latent_channels=4, channels=8 if tiny else 64), **options)
+
+    @classmethod
     def from_config(cls, config: dict[str, Any]) -> WaveGMS:
         options = dict(config)
         return cls(FrozenTinyVAE.from_config(options.pop("vae")), **options)

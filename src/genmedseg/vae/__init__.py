@@ -6,7 +6,16 @@ return modules whose ``encode`` takes images in [0, 1] and whose ``decode`` retu
 
 from genmedseg.vae.frozen import FrozenModule
 from genmedseg.vae.loading import load_sd_vae, load_tiny_vae
-from genmedseg.vae.sd_vae import FrozenSDVAE
+from genmedseg.vae.sd_vae import SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE
 from genmedseg.vae.taesd import FrozenTinyVAE, detect_tiny_vae_config
 
-__all__ = ["FrozenModule", "FrozenSDVAE", "FrozenTinyVAE", "detect_tiny_vae_config", "load_sd_vae", "load_tiny_vae"]
+__all__ = [
+    "SD_VAE_CONFIG",
+    "TINY_SD_VAE_CONFIG",
+    "FrozenModule",
+    "FrozenSDVAE",
+    "FrozenTinyVAE",
+    "detect_tiny_vae_config",
+    "load_sd_vae",
+    "load_tiny_vae",
+]

@@ -13,6 +13,20 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
 
+# The architecture of the Stable Diffusion 1.x/2.x VAE (~84 M parameters) and a tiny one of the same layout.
+SD_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+TINY_SD_VAE_CONFIG: dict[str, Any] = {**SD_VAE_CONFIG, "block_out_channels": [8] * 4, "layers_per_block": 1,
+                                      "norm_num_groups": 4}
+
+
 class FrozenSDVAE(FrozenModule):
     """Frozen KL autoencoder of Stable Diffusion 1.x/2.x: 3-channel images in [0, 1] <-> scaled latents at 1/8 size.
 
