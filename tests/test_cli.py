@@ -53,11 +53,12 @@ def test_unknown_model_lists_the_valid_ones(synthetic_data: Path, tiny_vae_dir: 
 
 
 def test_config_file_flags_override_and_resolved_config_is_kept(
-    synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path
+    synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("train:\n  epochs: 7\n  lr: 1.0e-3\ndata:\n  image_size: 64\n")
-    assert main([*tiny_train_args(synthetic_data, tiny_vae_dir, tmp_path / "run"), "--config", str(config)]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
+    assert main([*tiny_train_args(synthetic_data, tiny_vae_dir, Path("run")), "--config", str(config)]) == 0
     resolved = (tmp_path / "run" / "config.yaml").read_text()
     assert "epochs: 1\n" in resolved and "lr: 0.001\n" in resolved and "image_size: 32\n" in resolved
 
@@ -130,3 +131,13 @@ def test_end_to_end_on_real_glas_images(glas_subset: Path, shared_weights: Path,
     segmenter = genmedseg.load(run)
     image = np.asarray(Image.open(glas_subset / "images" / "testA_01.png"))
     assert np.array_equal(segmenter.predict(image), np.asarray(Image.open(evaluation / "masks" / "testA_01.png")) > 0)
+
+
+def test_demo_runs_the_whole_pipeline(tiny_vae_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--image-size", "32",
+                 "--vae", str(tiny_vae_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC" in printed and "dice" in printed and "report.html" in printed
+    for name in ("data/README.md", "run/model/model.safetensors", "run/curves.png", "evaluation/metrics.csv",
+                 "evaluation/summary.json", "evaluation/report.html"):
+        assert (tmp_path / "demo" / name).is_file(), name

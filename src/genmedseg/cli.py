@@ -6,11 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from genmedseg.errors import ConfigError, GenMedSegError
+
+if TYPE_CHECKING:
+    from genmedseg.config import RunConfig
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +21,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="method to train (see `genmedseg models`); default wave-gms")
     parser.add_argument("--data", help="dataset folder (GMS layout or images/ + masks/ + split.csv)")
     parser.add_argument("--split-file", help="split file if not the one found in the dataset folder")
-    parser.add_argument("--vae", help="frozen tiny VAE: folder of *_encoder.pth/*_decoder.pth, diffusers folder or hub id")
+    parser.add_argument("--vae", help="the method's frozen autoencoder: weights folder or file, diffusers folder or hub id")
     parser.add_argument("--image-size", type=int, help="square input size (multiple of 8); default 224")
     parser.add_argument("--epochs", type=int, help="default 1000")
     parser.add_argument("--batch-size", type=int, help="default 12")
@@ -28,12 +31,13 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--precision", help="Lightning precision, e.g. 32-true (default) or bf16-mixed")
     parser.add_argument("--num-workers", type=int, help="data loading processes; default 0")
+    parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpoints kept)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. mapping=sft (repeatable)"
     )
 
 
-def _config_from_args(args: argparse.Namespace, base: Any = None) -> Any:
+def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     from genmedseg.config import RunConfig
 
     config = base or (RunConfig.from_yaml(args.config) if args.config else RunConfig())
@@ -41,7 +45,8 @@ def _config_from_args(args: argparse.Namespace, base: Any = None) -> Any:
                     num_workers=args.num_workers)
     devices = None if args.devices is None else (int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices)
     config.override("train", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    devices=devices, accelerator=args.accelerator, precision=args.precision)
+                    devices=devices, accelerator=args.accelerator, precision=args.precision,
+                    max_minutes=args.max_minutes)
     options = dict(config.model.options)
     for item in args.option:
         key, sep, value = item.partition("=")

@@ -52,6 +52,7 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
     val_every: int = 1
+    max_minutes: float | None = None
 
 
 @dataclass

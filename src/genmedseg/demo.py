@@ -10,7 +10,7 @@ from genmedseg.engine.inference import evaluate, format_summary
 from genmedseg.engine.training import fit
 from genmedseg.report import write_report
 
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 24
 DEMO_IMAGE_SIZE = 64
 DEMO_BATCH_SIZE = 8
 

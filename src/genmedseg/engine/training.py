@@ -108,7 +108,8 @@ def fit(
     enable_progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (or continue it with ``resume``) and export the best model folder."""
-    run_dir = Path(run_dir)
+    # Absolute, because Lightning reports checkpoint paths absolute and the summary records them relative to it.
+    run_dir = Path(run_dir).resolve()
     if config.data.root is None:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
     index, warnings = assert_dataset_ok(
@@ -141,6 +142,7 @@ def fit(
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=config.train.epochs,
+        max_time=None if config.train.max_minutes is None else {"minutes": config.train.max_minutes},
         accelerator=config.train.accelerator,
         devices=config.train.devices,
         strategy=_strategy(config.train.devices),

@@ -41,6 +41,8 @@ class GMS(LatentSegmentationMethod):
     """
 
     name = "gms"
+    autoencoder_class = FrozenSDVAE
+    load_autoencoder = staticmethod(load_sd_vae)
 
     def __init__(
         self,
@@ -70,20 +72,8 @@ class GMS(LatentSegmentationMethod):
         self.mapping = ResAttnUNetDS(channels, channels, channels=mapping_channels, ch_mult=tuple(mapping_mult))
 
     @classmethod
-    def create(cls, vae: str | None = None, **options: Any) -> GMS:
-        return cls(load_sd_vae(vae), **options)
-
-    @classmethod
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> GMS:
         return cls(FrozenSDVAE.from_config(TINY_SD_VAE_CONFIG if tiny else SD_VAE_CONFIG), **options)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GMS:
-        options = dict(config)
-        return cls(FrozenSDVAE.from_config(options.pop("vae")), **options)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"vae": self.autoencoder.config, **self.options}
 
     def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.encode(masks.expand(-1, 3, -1, -1))[0]

@@ -7,6 +7,9 @@ the heads decoded by the frozen decoder (the gradient goes through the decoder, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -18,12 +21,16 @@ from genmedseg.models.base import SegmentationMethod
 class LatentSegmentationMethod(SegmentationMethod):
     """Base of the latent generative segmenters: decoding, mask latents and the latent + Dice losses.
 
-    Subclasses set ``self.autoencoder`` (anything with ``decode(latents) -> [0, 1] images``) and implement
-    ``mask_latent``.
+    Subclasses name their frozen autoencoder's class and loader, take it as the first constructor argument, set
+    ``self.autoencoder`` and ``self.options`` (the other constructor arguments) and implement ``mask_latent``. The
+    model folder's config is ``{"vae": <autoencoder architecture>, **options}``.
     """
 
     size_multiple = 8
     autoencoder: nn.Module
+    options: dict[str, Any]
+    autoencoder_class: ClassVar[type]
+    load_autoencoder: ClassVar[Callable[[str | None], nn.Module]]
 
     def __init__(self, supervised_heads: tuple[str, ...], latent_weight: float, dice_weight: float) -> None:
         super().__init__()
@@ -31,6 +38,18 @@ class LatentSegmentationMethod(SegmentationMethod):
         self.latent_weight = latent_weight
         self.dice_weight = dice_weight
         self.dice_loss = DiceLoss()
+
+    @classmethod
+    def create(cls, vae: str | None = None, **options: Any) -> LatentSegmentationMethod:
+        return cls(cls.load_autoencoder(vae), **options)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LatentSegmentationMethod:
+        options = dict(config)
+        return cls(cls.autoencoder_class.from_config(options.pop("vae")), **options)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"vae": self.autoencoder.config, **self.options}
 
     def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
         """The autoencoder's latent of binary masks ``(B,1,H,W)`` (encoded as grey RGB images)."""

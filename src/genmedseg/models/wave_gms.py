@@ -54,6 +54,8 @@ class WaveGMS(LatentSegmentationMethod):
     """
 
     name = "wave-gms"
+    autoencoder_class = FrozenTinyVAE
+    load_autoencoder = staticmethod(load_tiny_vae)
 
     def __init__(
         self,
@@ -103,20 +105,8 @@ class WaveGMS(LatentSegmentationMethod):
             self.mapping = ResAttnUNetDS(latent, latent, channels=mapping_channels, ch_mult=tuple(mapping_mult))
 
     @classmethod
-    def create(cls, vae: str | None = None, **options: Any) -> WaveGMS:
-        return cls(load_tiny_vae(vae), **options)
-
-    @classmethod
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> WaveGMS:
         return cls(FrozenTinyVAE(latent_channels=4, channels=8 if tiny else 64), **options)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> WaveGMS:
-        options = dict(config)
-        return cls(FrozenTinyVAE.from_config(options.pop("vae")), **options)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"vae": self.autoencoder.config, **self.options}
 
     def image_latent(self, images: torch.Tensor, sample: bool) -> torch.Tensor:
         """Latent of the images: a posterior sample of the wavelet encoder in training, its mean otherwise."""
