@@ -143,6 +143,15 @@ def write_tables(rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -158,8 +167,14 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_variant(args.one, args, folder)))
         return
+    # Rows of earlier runs into the same table are kept unless their variant is run again.
+    variants = args.variants.split(",")
     rows = []
-    for variant in args.variants.split(","):
+    if out.with_suffix(".csv").is_file():
+        with out.with_suffix(".csv").open() as handle:
+            rows = [{key: _number(value) for key, value in row.items()}
+                    for row in csv.DictReader(handle) if row["variant"] not in variants]
+    for variant in variants:
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         # A process per variant, so that its peak memory is its own.

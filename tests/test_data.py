@@ -562,7 +562,7 @@ def test_synthetic_dataset_layout_and_determinism(synthetic_root: Path, tmp_path
 def test_dataset_items(synthetic_root: Path) -> None:
     dataset = SegmentationDataset(discover(synthetic_root), "test", image_size=32)
     item = dataset[1]
-    assert item["name"] == "test_001" and item["original_size"] == (40, 40)
+    assert item["name"] == "test_001"
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["image"].min() >= 0 and item["image"].max() <= 1
     assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) == {0.0, 1.0}

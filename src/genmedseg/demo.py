@@ -20,7 +20,7 @@ def demo_config(data: Path, epochs: int, image_size: int, vae: str | None) -> Ru
     return RunConfig(
         data=DataConfig(root=str(data), image_size=image_size),
         model=ModelConfig(name="wave-gms", vae=vae),
-        train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, warmup_epochs=1, accelerator="cpu"),
+        train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, warmup_epochs=1),
     )
 
 

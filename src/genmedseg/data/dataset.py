@@ -27,10 +27,10 @@ def augmentation_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SegmentationDataset(Dataset):
-    """One split of a :class:`DatasetIndex` as ``{"image", "mask", "name", "original_size"}`` items.
+    """One split of a :class:`DatasetIndex` as ``{"image", "mask", "name"}`` items.
 
-    ``image`` is float32 3 x S x S in [0, 1], ``mask`` float32 1 x S x S in {0, 1} (S = ``image_size``), ``name`` the
-    pair's name and ``original_size`` the ``(H, W)`` of the file on disk (to resize predictions back). With
+    ``image`` is float32 3 x S x S in [0, 1], ``mask`` float32 1 x S x S in {0, 1} (S = ``image_size``) and ``name``
+    the pair's name. With
     ``augment=True`` the training augmentations of :func:`train_transforms` are applied, seeded per item and epoch.
     """
 
@@ -68,7 +68,6 @@ class SegmentationDataset(Dataset):
             "image": sample["image"],
             "mask": sample["mask"],
             "name": self.names[i],
-            "original_size": (int(image.shape[0]), int(image.shape[1])),
         }
 
 

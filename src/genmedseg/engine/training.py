@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,11 @@ def fit(
     run_dir = Path(run_dir).resolve()
     if config.data.root is None:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
-    index, warnings = assert_dataset_ok(
+    index, data_warnings = assert_dataset_ok(
         discover(config.data.root, config.data.split_file, config.data.val_fraction, config.train.seed)
     )
-    if warnings and not is_worker_rank():
-        print(format_report(warnings, len(index.pairs), index.root))
+    if data_warnings and not is_worker_rank():
+        print(format_report(data_warnings, len(index.pairs), index.root))
     prepare_run_folder(config, run_dir, resume)
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -164,7 +165,10 @@ def fit(
         train_loader.sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
     started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint)
+    with warnings.catch_warnings():
+        # The frozen autoencoder is in eval mode on purpose; Lightning warns about every such module.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint)
     seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
