@@ -31,15 +31,8 @@ from genmedseg.data import discover, read_image
 from genmedseg.engine.inference import evaluate, load
 from genmedseg.engine.training import fit
 from genmedseg.models.registry import create_model
+from variants import NAMES, resolve
 
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "wave-gms": ("wave-gms", {}),
-    "wave-gms[sft]": ("wave-gms", {"mapping": "sft"}),
-    "wave-gms[tiny-vae]": ("wave-gms", {"image_encoder": "tiny-vae"}),
-    "wave-gms[tiny-vae+sft]": ("wave-gms", {"image_encoder": "tiny-vae", "mapping": "sft"}),
-    "gms": ("gms", {}),
-    "unet": ("unet", {}),
-}
 COLUMNS = ("variant", "data", "image_size", "trainable_parameters", "epochs", "steps", "train_seconds",
            "seconds_per_step", "best_val_dice", "test_dice", "test_dice_std", "test_iou", "test_hd95", "n_test",
            "inference_images_per_second", "peak_rss_mb")
@@ -77,7 +70,7 @@ def inference_speed(run_dir: Path, data: str, split: str, batch_size: int = 12) 
 
 def run_variant(variant: str, args: argparse.Namespace, folder: Path) -> dict:
     """Train, evaluate and time one variant; returns its row."""
-    model_name, options = VARIANTS[variant]
+    model_name, options = resolve(variant)
     vae = args.vae if model_name != "unet" else None
     index = discover(args.data, val_fraction=0.1, seed=0)
     steps_per_epoch = max(1, len(index.splits["train"]) // args.batch_size)
@@ -155,7 +148,7 @@ def _number(text: str) -> int | float | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--variants", default="wave-gms,unet", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="wave-gms,unet", help=f"comma-separated, from {', '.join(NAMES)}")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=6.0, help="training budget per variant")
@@ -175,8 +168,7 @@ def main() -> None:
             rows = [{key: _number(value) for key, value in row.items()}
                     for row in csv.DictReader(handle) if row["variant"] not in variants]
     for variant in variants:
-        if variant not in VARIANTS:
-            parser.error(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        resolve(variant)
         # A process per variant, so that its peak memory is its own.
         result = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", variant],
                                 capture_output=True, text=True, check=False)

@@ -45,14 +45,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from genmedseg.config import TrainConfig
 from genmedseg.errors import ConfigError, GenMedSegError
 from genmedseg.models.base import MEMORY_FORMAT, SegmentationMethod
-from genmedseg.models.registry import MODELS, create_model, get_model_class
+from genmedseg.models.registry import create_model, get_model_class
+from variants import NAMES, resolve
 from genmedseg.vae.loading import TINY_VAE_ENV
 
 # Named variants benchmarked as rows of their own: label -> (registered model, constructor options).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "wave-gms[sft]": ("wave-gms", {"mapping": "sft"}),
-    "wave-gms[tiny-vae,sft]": ("wave-gms", {"image_encoder": "tiny-vae", "mapping": "sft"}),
-}
 # Methods whose frozen part is a tiny VAE, i.e. those that ``--vae`` weights are for.
 TINY_VAE_METHODS = ("wave-gms",)
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -102,12 +99,11 @@ class Measurement:
 
 
 def parse_model_list(text: str) -> list[str]:
-    """Split ``"wave-gms,wave-gms[tiny-vae,sft],unet"`` on the commas outside brackets; check every name."""
+    """Split ``"wave-gms,wave-gms[tiny-vae+sft],unet"`` on the commas outside brackets; check every name."""
     labels = [label.strip() for label in re.findall(r"[^,\[\]]+(?:\[[^\]]*\])?", text) if label.strip()]
-    valid = [*MODELS, *VARIANTS]
     for label in labels:
-        if label not in valid:
-            raise ConfigError(f"--models: unknown model {label!r}; valid names are: {', '.join(valid)}")
+        if label not in NAMES:
+            raise ConfigError(f"--models: unknown model {label!r}; valid names are: {', '.join(NAMES)}")
     return labels
 
 
@@ -124,7 +120,7 @@ def parse_int_list(text: str, option: str) -> list[int]:
 
 def resolve_model(label: str) -> tuple[type[SegmentationMethod], dict[str, Any]]:
     """The registered class and constructor options of a model label (a registered name or a variant)."""
-    name, options = VARIANTS.get(label, (label, {}))
+    name, options = resolve(label)
     return get_model_class(name), dict(options)
 
 
@@ -574,7 +570,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring and benchmarks/README.md)."""
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join([*MODELS, *VARIANTS]), help="comma-separated model names")
+    parser.add_argument("--models", default=",".join(NAMES), help="comma-separated model names")
     parser.add_argument("--sizes", default="128,224", help="square image sides, comma-separated")
     parser.add_argument("--batches", default="1,12", help="batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median reported)")

@@ -23,7 +23,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 FORMAT_VERSION = 1
-# Convolutions run faster on channels-last (NHWC) tensors: oneDNN on CPU (1.3x per Wave-GMS training step,
+# Convolutions run faster on channels-last (NHWC) tensors: oneDNN on CPU (1.1-1.4x per Wave-GMS training step,
 # benchmarks/speed.py) and tensor cores on GPU. The trainer and the predictor put models and batches in it.
 MEMORY_FORMAT = torch.channels_last
 
