@@ -155,3 +155,8 @@ def test_cross_domain_evaluation_needs_no_extra_step(
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["dice"]["n"] == 3 and summary["data"] == str(other.resolve())
     assert Image.open(next((tmp_path / "eval" / "masks").iterdir())).size == (40, 40)
+    # The papers' protocol: metrics at the model's input size (32 here), ground truth resized nearest.
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "eval32"),
+                 "--resolution", "model"]) == 0
+    assert Image.open(next((tmp_path / "eval32" / "masks").iterdir())).size == (32, 32)
+    assert json.loads((tmp_path / "eval32" / "summary.json").read_text())["resolution"] == "model"

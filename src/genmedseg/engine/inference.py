@@ -109,9 +109,7 @@ def evaluate(
     index = discover(data_root, split_file)
     if split not in index.splits or not index.splits[split]:
         raise ConfigError(f"{data_root}: no {split!r} split; splits here: {sorted(k for k, v in index.splits.items() if v)}")
-    out = Path(out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "probabilities").mkdir(exist_ok=True)
+    out = _prediction_folders(out)
     output_size = segmenter.image_size if resolution == "model" else None
     rows = []
     for names in _batches(index.splits[split], batch_size):
@@ -119,10 +117,9 @@ def evaluate(
         for name, proba in zip(names, segmenter.predict_proba_batch(images, output_size)):
             truth = read_mask(index.pairs[name][1])
             if output_size:
-                truth = _resize_mask_nearest(truth, output_size)
-            prediction = proba > THRESHOLD
-            write_mask_png(out / "masks" / f"{name}.png", prediction)
-            write_probability_png(out / "probabilities" / f"{name}.png", proba)
+                truth = resize_image(torch.from_numpy(truth)[None].float(), output_size, mode="nearest")[0] > 0.5
+                truth = truth.numpy()
+            prediction, _ = _write_prediction(out, name, proba)
             rows.append({"name": name, **segmentation_metrics(prediction, truth)})
     summary = {
         **summarize(rows),
@@ -140,9 +137,19 @@ def evaluate(
     return summary
 
 
-def _resize_mask_nearest(mask: np.ndarray, size: int) -> np.ndarray:
-    tensor = torch.from_numpy(mask.astype(np.uint8))[None, None].float()
-    return F.interpolate(tensor, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5
+def _prediction_folders(out: str | Path) -> Path:
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "probabilities").mkdir(exist_ok=True)
+    return out
+
+
+def _write_prediction(out: Path, stem: str, proba: np.ndarray) -> tuple[np.ndarray, Path]:
+    """Write ``masks/<stem>.png`` (thresholded) and ``probabilities/<stem>.png``; return the mask and its path."""
+    mask, path = proba > THRESHOLD, out / "masks" / f"{stem}.png"
+    write_mask_png(path, mask)
+    write_probability_png(out / "probabilities" / f"{stem}.png", proba)
+    return mask, path
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -188,9 +195,7 @@ def predict(
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
     if clashes:
         raise DataError(f"several input files would write the same mask name: {', '.join(clashes)}; rename them")
-    out = Path(out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "probabilities").mkdir(exist_ok=True)
+    out = _prediction_folders(out)
     for chunk in _batches(files, batch_size):
         readable = []
         for path in chunk:
@@ -201,9 +206,7 @@ def predict(
         if not readable:
             continue
         for (path, _), proba in zip(readable, segmenter.predict_proba_batch([image for _, image in readable])):
-            write_probability_png(out / "probabilities" / f"{path.stem}.png", proba)
-            write_mask_png(out / "masks" / f"{path.stem}.png", proba > THRESHOLD)
-            written.append(out / "masks" / f"{path.stem}.png")
+            written.append(_write_prediction(out, path.stem, proba)[1])
     if failures:
         raise DataError(
             f"{len(failures)} of {len(files)} files could not be read (the other masks were written):\n  "

@@ -176,9 +176,8 @@ def fit(
 
 
 def _strategy(devices: int | str) -> str:
-    several = devices == -1 or (isinstance(devices, int) and devices > 1) or (
-        isinstance(devices, str) and devices not in ("auto", "1")
-    )
+    # The config admits an integer or "auto"; only an explicit count above one (or -1, all) asks for DDP.
+    several = isinstance(devices, int) and (devices == -1 or devices > 1)
     # The unused level3 head (and frozen parts) would stop plain DDP; tell it to look for unused parameters.
     return "ddp_find_unused_parameters_true" if several else "auto"
 
