@@ -101,14 +101,14 @@ def test_end_to_end_on_real_glas_images(glas_subset: Path, shared_weights: Path,
                  "model/model.safetensors", "model/README.md", "train_summary.json"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["trainable_parameters"] == 2_681_364  # wave-gms with the 32-channel TAEF2
+    assert summary["trainable_parameters"] == 2_644_244  # wave-gms with the 32-channel TAEF2 (no level3 head)
     assert summary["n_train"] + summary["n_val"] == 8
 
     assert main(["evaluate", str(run), "--data", str(glas_subset), "--split", "test", "--out", str(evaluation)]) == 0
     with (evaluation / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == [f"testA_{i:02d}" for i in range(1, 5)]
-    assert set(rows[0]) == {"name", "dice", "iou", "hd95", "gt_empty", "pred_empty"}
+    assert set(rows[0]) == {"name", "dice", "iou", "hd95", "gt_empty", "pred_empty", "pred_full"}
     for row in rows:
         assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["iou"]) <= float(row["dice"]) + 1e-9
         assert 0.0 <= float(row["hd95"]) <= np.hypot(522, 775) / 2 + 1  # GlaS here is about 388 x 261

@@ -43,8 +43,25 @@ def test_bad_config_names_the_file_and_the_fix(tmp_path, text, message):
 def test_unknown_key_lists_the_valid_ones(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="valid keys are .*'lr'"):
+    with pytest.raises(ConfigError, match=r"valid keys \(with their values now\): epochs=1000, .*lr=0.002"):
         RunConfig.from_yaml(path)
+
+
+def test_choices_and_optional_numbers_are_checked():
+    config = RunConfig()
+    with pytest.raises(ConfigError, match="schedule: 'cosine' is not one of warmup-cosine, constant"):
+        config.override("train", schedule="cosine")
+    with pytest.raises(ConfigError, match="ema_decay: expected a number"):
+        config.override("train", ema_decay="high")
+    config.override("train", ema_decay="0.999", grad_clip=1)
+    assert (config.train.ema_decay, config.train.grad_clip) == (0.999, 1.0)
+
+
+def test_vae_is_the_short_form_of_a_pretrained_part(tmp_path):
+    """``model.vae`` (as genmedseg 0.1 wrote it in every run folder) still reads, as ``pretrained.vae``."""
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  name: wave-gms\n  vae: /weights/taesd\n  options: {}\n")
+    assert RunConfig.from_yaml(path).model.pretrained == {"vae": "/weights/taesd"}
 
 
 def test_devices_accept_counts_and_auto():

@@ -95,6 +95,7 @@ def test_single_pixels() -> None:
         "hd95": pytest.approx(5.0),
         "gt_empty": False,
         "pred_empty": False,
+        "pred_full": False,
     }
     assert segmentation_metrics(gt, gt)["dice"] == 1.0
     assert segmentation_metrics(gt, gt)["hd95"] == 0.0
@@ -149,7 +150,15 @@ def test_empty_mask_rule(pred_empty: bool, gt_empty: bool, expected: dict) -> No
     lesion = _square((6, 8), 2, 3, 2)
     empty = np.zeros((6, 8), dtype=bool)
     row = segmentation_metrics(empty if pred_empty else lesion, empty if gt_empty else lesion)
-    assert row == {**expected, "gt_empty": gt_empty, "pred_empty": pred_empty}
+    assert row == {**expected, "gt_empty": gt_empty, "pred_empty": pred_empty, "pred_full": False}
+
+
+def test_a_full_prediction_is_flagged() -> None:
+    """Foreground everywhere is the other trivial answer of a stuck model; the row says so."""
+    lesion = _square((6, 8), 2, 3, 2)
+    row = segmentation_metrics(np.ones((6, 8), dtype=bool), lesion)
+    assert row["pred_full"] and not row["pred_empty"]
+    assert summarize([{"name": "a", **row}])["n_pred_full"] == 1
 
 
 def test_empty_mask_diagonal_in_spacing_units() -> None:

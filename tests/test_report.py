@@ -63,7 +63,7 @@ def _make_evaluation(root: Path) -> Path:
         rows.append({"name": name, **metrics})
     (data / "split.csv").write_text("name,split\n" + "".join(f"{row['name']},test\n" for row in rows))
     with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["name", "dice", "iou", "hd95", "gt_empty", "pred_empty"])
+        writer = csv.DictWriter(handle, fieldnames=["name", "dice", "iou", "hd95", "gt_empty", "pred_empty", "pred_full"])
         writer.writeheader()
         writer.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     summary = {**summarize(rows), "model": str(root / "run" / "model"), "data": str(data), "split": "test",
@@ -106,6 +106,8 @@ def test_report_content(report: Path) -> None:
     assert 'href="#case-small%20%26%20odd%20%3Cname%3E"' in page
     assert 'id="case-small%20%26%20odd%20%3Cname%3E"' in page
     assert '<tr><th>lesion</th><td>empty</td></tr>' in page and '<tr><th>prediction</th><td>empty</td></tr>' in page
+    # A prediction of foreground everywhere (what a stuck model gives) is flagged like an empty one.
+    assert 'id="summary-n_pred_full">1<' in page and "<td>full</td></tr>" in page
 
 
 def test_report_without_dataset_names_the_fix(tmp_path: Path) -> None:
@@ -181,27 +183,32 @@ def test_runs_table(tmp_path: Path) -> None:
         run.mkdir(parents=True)
         (run / "train_summary.json").write_text(json.dumps({
             "model": run.name, "data": str(data), "image_size": 224, "epochs_done": 30, "epochs": 30,
-            "best_val_dice": dice, "trainable_parameters": 1234567, "train_seconds": 3725.0, "steps": 300,
-            "n_train": 80, "n_val": 5,
+            "best_val": {"metric": "dice", "mode": "max", "value": dice}, "trainable_parameters": 1234567,
+            "train_seconds": 3725.0, "steps": 300, "n_train": 80, "n_val": 5,
         }))
     unfinished.mkdir(parents=True)
 
     def evaluation(folder: Path, model: Path, dice: float, split: str = "test") -> Path:
         folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps({"dice": {"mean": dice, "std": 0.1, "n": 5}, "split": split,
-                                                         "model": str(model / "model"), "data": str(data)}))
+        metrics = {"dice": {"mean": dice}, "iou": {"mean": dice - 0.1}, "hd95": {"mean": 12.34}}
+        (folder / "summary.json").write_text(json.dumps({**metrics, "split": split, "model": str(model / "model"),
+                                                         "data": str(data)}))
         return folder
 
-    evaluation(tmp_path / "runs" / "wave-test", finished, 0.7654321)  # found in RUN/../*/
-    evaluation(finished / "val-eval", finished, 0.99, split="val")  # not a test evaluation
+    # Evaluations record themselves in their run's run.json, wherever they were written.
+    anywhere = evaluation(tmp_path / "somewhere" / "wave-test", finished, 0.7654321)
+    validation = evaluation(finished / "val-eval", finished, 0.99, split="val")  # not a test evaluation
+    (finished / "run.json").write_text(json.dumps({"evaluations": [str(anywhere), str(validation)]}))
     elsewhere = evaluation(tmp_path / "elsewhere" / "unet-test", other, 0.5)
 
     table = runs_table([finished, unfinished, other], evaluations=[elsewhere])
     lines = table.splitlines()
-    assert lines[0].split() == ["run", "model", "data", "epochs", "best", "val", "Dice", "test", "Dice", "parameters",
-                                "time"]
+    assert lines[0].split() == ["run", "model", "data", "size", "epochs", "best", "val", "test", "Dice", "test", "IoU",
+                                "test", "HD95", "parameters", "time"]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split()[1:] == ["wave", "glas", "30/30", "0.8123", "0.7654", "1,234,567", "1h02m"]
-    assert lines[3].split()[1:] == ["-", "-", "unfinished", "-", "-", "-", "-"]
-    assert lines[4].split()[1:] == ["unet", "glas", "30/30", "-", "0.5000", "1,234,567", "1h02m"]
-    assert "0.5000" not in runs_table([other])  # the evaluation elsewhere is found only when named
+    assert lines[2].split()[1:] == ["wave", "glas", "224", "30/30", "dice", "0.8123", "0.7654", "0.6654", "12.3",
+                                    "1,234,567", "1h02m"]
+    assert lines[3].split()[1:] == ["-", "-", "-", "unfinished", *["-"] * 6]
+    assert lines[4].split()[1:] == ["unet", "glas", "224", "30/30", "-", "0.5000", "0.4000", "12.3", "1,234,567",
+                                    "1h02m"]
+    assert "0.5000" not in runs_table([other])  # an evaluation no run.json records is found only when named

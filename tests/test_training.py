@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_OPTIONS
 
 from genmedseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from genmedseg.engine.task import warmup_cosine
+from genmedseg.engine.task import learning_rate_factor
 from genmedseg.engine.training import AtomicCheckpointIO, fit
 from genmedseg.errors import ConfigError, DataError
 
@@ -18,7 +18,7 @@ from genmedseg.errors import ConfigError, DataError
 def tiny_config(data: Path, vae: Path, epochs: int = 4, **train: object) -> RunConfig:
     return RunConfig(
         data=DataConfig(root=str(data), image_size=32),
-        model=ModelConfig(name="wave-gms", vae=str(vae), options=TINY_OPTIONS["wave-gms"]),
+        model=ModelConfig(name="wave-gms", pretrained={"vae": str(vae)}, options=TINY_OPTIONS["wave-gms"]),
         train=TrainConfig(epochs=epochs, batch_size=4, warmup_epochs=1, accelerator="cpu", **train),
     )
 
@@ -51,7 +51,7 @@ def test_two_plus_two_epochs_equal_four(synthetic_data: Path, tiny_vae_dir: Path
     different = [key for key in a if not torch.equal(a[key], b[key])]
     assert not different, f"resumed run differs in {different[:5]}"
     assert resumed["steps"] == straight["steps"] and resumed["epochs_done"] == 4
-    assert resumed["best_val_dice"] == pytest.approx(straight["best_val_dice"])
+    assert resumed["best_val"]["value"] == pytest.approx(straight["best_val"]["value"])
     assert sorted(p.name for p in (tmp_path / "resumed" / "logs").iterdir()) == ["version_0", "version_1"]
     for name in ("config.json", "model.safetensors", "README.md"):
         assert (tmp_path / "resumed" / "model" / name).is_file()
@@ -98,7 +98,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_learning_rate_schedule_starts_above_zero_and_ends_at_zero() -> None:
-    factors = [warmup_cosine(step, warmup_steps=5, total_steps=100) for step in range(101)]
+    factors = [learning_rate_factor("warmup-cosine", step, warmup_steps=5, total_steps=100) for step in range(101)]
     assert factors[0] == pytest.approx(0.2)
     assert factors[4] == pytest.approx(1.0)
     assert factors[5] == pytest.approx(1.0)

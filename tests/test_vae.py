@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from genmedseg.vae import loading
 from genmedseg.errors import ConfigError, WeightsError
 from genmedseg.vae import FrozenSDVAE, FrozenTinyVAE, detect_tiny_vae_config, load_sd_vae, load_tiny_vae
 
@@ -241,6 +242,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
 
     monkeypatch.setattr(diffusers.AutoencoderTiny, "from_pretrained", tiny)
     monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", kl)
+    monkeypatch.setattr(loading, "ensure_hub_reachable", lambda *_: False)  # "online, nothing cached"
     return calls
 
 
@@ -265,6 +267,7 @@ def test_unreachable_hub_says_how_to_supply_weights(monkeypatch: pytest.MonkeyPa
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(diffusers.AutoencoderTiny, "from_pretrained", offline)
+    monkeypatch.setattr(loading, "ensure_hub_reachable", lambda *_: False)
     with pytest.raises(WeightsError) as error:
         load_tiny_vae("madebyollin/taesd")
     message = str(error.value)
@@ -279,6 +282,24 @@ def test_unreachable_hub_says_how_to_supply_weights(monkeypatch: pytest.MonkeyPa
         "'madebyollin/taesd'",
     ):
         assert hint in message
+
+
+def test_offline_a_missing_hub_part_fails_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network and an empty hub cache: the error that says how to supply weights comes in under 2 seconds."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("GENMEDSEG_VAE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # resolves nowhere, online or not
+    started = time.perf_counter()
+    with pytest.raises(WeightsError, match=r"madebyollin/taesd is not in the local Hugging Face cache.*--vae DIR"):
+        load_tiny_vae()
+    assert time.perf_counter() - started < 2.0
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set"):
+        load_tiny_vae("madebyollin/taesd")
 
 
 def test_missing_path_is_reported(tmp_path: Path) -> None:

@@ -1,20 +1,22 @@
-"""genmedseg: 2D medical image segmentation with generative models (Wave-GMS, GMS, ...)."""
+"""genmedseg: 2D medical image segmentation with generative models (Wave-GMS, GMS, MedSegDiff, I-MedSAM, ...)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from genmedseg.engine.generation import Synthesizer
     from genmedseg.engine.inference import Segmenter
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
-def load(path: str, device: str | None = None) -> Segmenter:
-    """Load a trained model from a run folder or a model folder: ``genmedseg.load(RUN).predict(image)``."""
-    from genmedseg.engine.inference import load as load_segmenter
+def load(path: str, device: str | None = None) -> Segmenter | Synthesizer:
+    """Load a trained model from a run folder or a model folder: ``genmedseg.load(RUN).predict("image.png")`` for a
+    segmenter, ``.generate(mask)`` for a generator."""
+    from genmedseg.engine.inference import load as load_model
 
-    return load_segmenter(path, device)
+    return load_model(path, device)
 
 
 __all__ = ["__version__", "load"]

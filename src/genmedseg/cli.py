@@ -1,4 +1,5 @@
-"""The ``genmedseg`` command: one verb per job. Heavy modules are imported inside each verb."""
+"""The ``genmedseg`` command: one verb per job. Heavy modules are imported inside each verb, after the arguments
+are checked, so that a mistake is answered at once."""
 
 from __future__ import annotations
 
@@ -6,14 +7,26 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from genmedseg import __version__
 from genmedseg.errors import ConfigError, GenMedSegError
 
 if TYPE_CHECKING:
     from genmedseg.config import RunConfig
+
+
+def _key_values(items: list[str], flag: str, example: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items of a repeatable flag as a dict (values parsed as YAML scalars: 5, 1e-4, true, text)."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+        values[key.strip()] = yaml.safe_load(value) if value else ""
+    return values
 
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,62 +34,87 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="method to train (see `genmedseg models`); default wave-gms")
     parser.add_argument("--data", help="dataset folder (GMS layout or images/ + masks/ + split.csv)")
     parser.add_argument("--split-file", help="split file if not the one found in the dataset folder")
-    parser.add_argument("--vae", help="the method's frozen autoencoder: weights folder or file, diffusers folder or hub id")
-    parser.add_argument("--image-size", type=int, help="square input size (multiple of 8); default 224")
+    parser.add_argument("--pretrained", action="append", default=[], metavar="NAME=SOURCE",
+                        help="a frozen pretrained part by role, e.g. vae=DIR: path, diffusers folder or hub id "
+                             "(repeatable; `genmedseg models` lists each method's parts)")
+    parser.add_argument("--vae", help="short for --pretrained vae=SOURCE")
+    parser.add_argument("--image-size", type=int, help="square input size (a multiple of the method's); default 224")
     parser.add_argument("--epochs", type=int, help="default 1000")
     parser.add_argument("--batch-size", type=int, help="default 12")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate; default 2e-3")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate; default 2e-3 (or the method's)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay; default 0.01 (or the method's)")
+    parser.add_argument("--schedule", help="warmup-cosine (default) or constant (after the warm-up)")
+    parser.add_argument("--warmup-epochs", type=int, help="linear warm-up length; default 5")
+    parser.add_argument("--ema-decay", type=float, help="validate and export an EMA of the weights, e.g. 0.999; off "
+                                                        "by default (or the method's)")
+    parser.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value; off by default")
+    parser.add_argument("--val-every", type=int, help="validate every N epochs; default 1")
+    parser.add_argument("--preview-every", type=int, help="save a preview grid every N epochs (0: never); default 10")
     parser.add_argument("--seed", type=int, help="seeds the split, shuffling, augmentation and weights; default 0")
     parser.add_argument("--devices", help="number of devices (several = DDP) or 'auto'; default 1")
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--precision", help="Lightning precision, e.g. 32-true (default) or bf16-mixed")
     parser.add_argument("--num-workers", type=int, help="data loading processes; default 0")
     parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpoints kept)")
-    parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="model option, e.g. mapping=sft (repeatable)"
-    )
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, e.g. mapping=sft (repeatable; `genmedseg models` lists them)")
 
 
 def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    from genmedseg.config import RunConfig
+    """Defaults, the method's training defaults, the YAML file, then the flags (``base``: a run's own config)."""
+    from genmedseg.config import ModelConfig, RunConfig, read_yaml
+    from genmedseg.models.registry import get_model_class
 
-    config = base or (RunConfig.from_yaml(args.config) if args.config else RunConfig())
+    if base is None:
+        raw = read_yaml(args.config) if args.config else {}
+        name = args.model or (raw.get("model") or {}).get("name") or ModelConfig().name
+        base = RunConfig()
+        base.override("train", _source=f"training defaults of {name}", **get_model_class(name).training_defaults)
+        base.update(raw, source=args.config or "configuration")
+    config = base
     config.override("data", root=args.data, split_file=args.split_file, image_size=args.image_size,
                     num_workers=args.num_workers)
     devices = None if args.devices is None else (int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices)
     config.override("train", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    devices=devices, accelerator=args.accelerator, precision=args.precision,
-                    max_minutes=args.max_minutes)
-    options = dict(config.model.options)
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option mapping=sft")
-        options[key] = yaml.safe_load(value)
-    config.override("model", name=args.model, vae=args.vae, options=options)
+                    weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                    ema_decay=args.ema_decay, grad_clip=args.grad_clip, val_every=args.val_every,
+                    preview_every=args.preview_every, devices=devices, accelerator=args.accelerator,
+                    precision=args.precision, max_minutes=args.max_minutes)
+    options = {**config.model.options, **_key_values(args.option, "--option", "mapping=sft")}
+    pretrained = {**config.model.pretrained, **_key_values(args.pretrained, "--pretrained", "vae=DIR")}
+    if args.vae:
+        pretrained["vae"] = args.vae
+    config.override("model", name=args.model, pretrained={key: str(value) for key, value in pretrained.items()},
+                    options=options)
     return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from genmedseg.config import RunConfig
-    from genmedseg.engine.training import CONFIG_NAME, fit
+    from genmedseg.folders import RunFolder
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if args.out and Path(args.out) != run_dir:
+        run = RunFolder(Path(args.resume))
+        if args.out and Path(args.out).resolve() != run.path.resolve():
             raise ConfigError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
-        if not (run_dir / CONFIG_NAME).is_file():
-            raise ConfigError(f"{run_dir}: not a run folder (no {CONFIG_NAME}); nothing to resume")
-        config = _config_from_args(args, base=RunConfig.from_yaml(run_dir / CONFIG_NAME))
+        if not run.is_run():
+            raise ConfigError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
+        if args.config or args.model:
+            raise ConfigError("--resume RUN continues RUN with its own config.yaml; --config and --model do not apply")
+        config = _config_from_args(args, base=RunConfig.from_yaml(run.config))
     else:
         if not args.out:
             raise ConfigError("give --out RUN, the folder that will hold checkpoints, logs and the model")
-        run_dir, config = Path(args.out), _config_from_args(args)
-    summary = fit(config, run_dir, resume=bool(args.resume))
+        run, config = RunFolder(Path(args.out)), _config_from_args(args)
+    from genmedseg.engine.training import fit
+
+    summary = fit(config, run.path, resume=bool(args.resume))
     if summary:
-        print(f"trained {summary['model']} for {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s;"
-              f" best validation Dice {summary['best_val_dice']:.4f}")
-        print(f"run folder: {run_dir}  model folder: {run_dir / 'model'}")
+        best = summary["best_val"]
+        score = "no validation ran" if best["value"] is None else f"best validation {best['metric']} {best['value']:.4f}"
+        print(f"trained {summary['model']} for {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s; "
+              f"{score}")
+        print(f"run folder: {run.path}  model folder: {run.model.path}")
     return 0
 
 
@@ -89,15 +127,28 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if any(p.severity == "error" for p in problems) else 0
 
 
+def _prompts(args: argparse.Namespace) -> Any:
+    from genmedseg.prompts import prompt_source
+
+    return prompt_source(args.prompts, getattr(args, "prompt_jitter", 0) or 0)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from genmedseg.engine.inference import check_resolution
+
+    resolution = check_resolution(args.resolution)
+    sampling = _key_values(args.sample, "--sample", "steps=20")
+    prompts = _prompts(args)
+    data = args.data or _run_data_root(Path(args.run))
     from genmedseg.engine.inference import evaluate, format_summary
 
-    data = args.data or _run_data_root(Path(args.run))
-    summary = evaluate(args.run, data, args.out, split=args.split, split_file=args.split_file,
-                       resolution=args.resolution, batch_size=args.batch_size)
-    print(f"{args.split} split of {data}:")
+    summary = evaluate(args.run, data, args.out, split=args.split, split_file=args.split_file, resolution=resolution,
+                       batch_size=args.batch_size, prompts=prompts, sampling=sampling)
+    settings = [f"grid {summary['resolution']}", *([f"prompts: {summary['prompts']}"] if summary["prompts"] else [])]
+    print(f"{args.split} split of {data} ({'; '.join(settings)}):")
     print(format_summary(summary))
-    print(f"written: {Path(args.out) / 'metrics.csv'}, {Path(args.out) / 'summary.json'}, masks/ and probabilities/")
+    extra = "".join(f", {name}/" for name in summary["maps"])
+    print(f"written: {Path(args.out) / 'metrics.csv'}, {Path(args.out) / 'summary.json'}, masks/, probabilities/{extra}")
     if args.report:
         from genmedseg.report import write_report
 
@@ -106,19 +157,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_data_root(run_dir: Path) -> str:
-    from genmedseg.config import RunConfig
-    from genmedseg.engine.training import CONFIG_NAME
+    """The dataset a run was trained on: its ``run.json`` (absolute), else its ``config.yaml``."""
+    import json
 
-    if not (run_dir / CONFIG_NAME).is_file():
+    from genmedseg.config import RunConfig
+    from genmedseg.folders import RunFolder
+
+    run = RunFolder(run_dir)
+    if run.record.is_file():
+        return json.loads(run.record.read_text())["data"]
+    if not run.is_run():
         raise ConfigError(f"give --data DIR: {run_dir} is not a run folder that records its dataset")
-    return RunConfig.from_yaml(run_dir / CONFIG_NAME).data.root
+    return RunConfig.from_yaml(run.config).data.root
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    sampling = _key_values(args.sample, "--sample", "steps=20")
+    prompts = _prompts(args)
     from genmedseg.engine.inference import predict
 
-    written = predict(args.run, args.inputs, args.out, batch_size=args.batch_size)
+    written = predict(args.run, args.inputs, args.out, batch_size=args.batch_size, prompts=prompts, sampling=sampling)
     print(f"{len(written)} masks written to {Path(args.out) / 'masks'} (probabilities in {Path(args.out) / 'probabilities'})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    sampling = _key_values(args.sample, "--sample", "steps=50")
+    from genmedseg.engine.generation import generate
+
+    out = generate(args.run, args.masks, args.out, per_mask=args.per_mask, split=args.split,
+                   batch_size=args.batch_size, sampling=sampling)
+    print(f"generated dataset: {out} (images/, masks/, split.csv, provenance.json)")
     return 0
 
 
@@ -134,10 +203,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     from genmedseg.models.registry import describe_models
 
     rows = describe_models()
-    width = max(len(name) for name, _, _ in rows)
-    for name, summary, parameters in rows:
-        print(f"{name:{width}s}  {parameters / 1e6:5.2f} M trainable  {summary}")
-    print("Options: `--option KEY=VALUE`; e.g. wave-gms mapping=sft, image_encoder=tiny-vae (see docs/models.md).")
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        print(f"{row['name']:{width}s}  {row['role']:9s}  {row['trainable_parameters'] / 1e6:5.2f} M trainable  "
+              f"{row['summary']}")
+        for role, description in row["pretrained"].items():
+            print(f"{'':{width}s}    pretrained {role}: {description} (--pretrained {role}=SOURCE)")
+        if row["prompts"]:
+            print(f"{'':{width}s}    prompts: {row['prompts']}es (--prompts FILE | from-mask)")
+        for option in row["sampling"]:
+            print(f"{'':{width}s}    --sample {option}")
+    print("Model options: `--option KEY=VALUE` (a wrong key lists the valid ones); methods: docs/methods.md.")
     return 0
 
 
@@ -156,8 +232,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from genmedseg.environment import describe_environment
+
+    print(describe_environment())
+    return 0
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
+    parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
+                        help="sampling option of the method, e.g. steps=20 (repeatable; `genmedseg models` lists them)")
+    parser.add_argument("--prompts", metavar="FILE" + ("|from-mask" if evaluation else ""),
+                        help="box prompts for methods that take them: a JSON or CSV box file"
+                             + (", or from-mask (the ground truth's box)" if evaluation else ""))
+    if evaluation:
+        parser.add_argument("--prompt-jitter", type=int, default=0, metavar="PX",
+                            help="with --prompts from-mask: move each box side out by up to PX pixels (seeded)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genmedseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"genmedseg {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     demo = verbs.add_parser("demo", help="train Wave-GMS briefly and evaluate it (synthetic data unless --data)")
@@ -179,24 +275,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run exactly where it stopped")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = verbs.add_parser("evaluate", help="metrics.csv, summary.json and masks of a split")
+    evaluate = verbs.add_parser("evaluate", help="metrics.csv, summary.json and masks of a split (segmenters)")
     evaluate.add_argument("run", help="run folder or model folder")
     evaluate.add_argument("--data", help="dataset folder (default: the run's own)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--split-file")
     evaluate.add_argument("--out", required=True)
-    evaluate.add_argument("--resolution", choices=("native", "model"), default="native",
-                          help="native: each image's own size (default); model: the input size, as the papers do")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--resolution", default="native", metavar="native|model|N",
+                          help="metric grid: native = each image's own size (default); model = the input size, as "
+                               "the papers do; N = an N x N grid")
+    _add_inference_flags(evaluate, evaluation=True)
     evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, worst/best cases)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = verbs.add_parser("predict", help="segment image files of any size")
+    predict = verbs.add_parser("predict", help="segment image files of any size (segmenters)")
     predict.add_argument("run", help="run folder or model folder")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True)
-    predict.add_argument("--batch-size", type=int, default=8)
+    _add_inference_flags(predict, evaluation=False)
     predict.set_defaults(handler=cmd_predict)
+
+    generate = verbs.add_parser("generate", help="synthesise images from masks into a new dataset (generators)")
+    generate.add_argument("run", help="run folder or model folder of a generator")
+    generate.add_argument("--masks", required=True, metavar="DATA_DIR",
+                          help="dataset folder (its --split is used) or a folder of masks")
+    generate.add_argument("--out", required=True, metavar="NEW_DIR", help="new dataset folder")
+    generate.add_argument("--per-mask", type=int, default=1, metavar="K", help="images per mask (default 1)")
+    generate.add_argument("--split", help="split of DATA_DIR to take masks from (default train)")
+    generate.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
+                          help="sampling option, e.g. steps=50 or seed=3 (repeatable)")
+    generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
+    generate.set_defaults(handler=cmd_generate)
 
     report = verbs.add_parser("report", help="write report.html for an evaluation folder")
     report.add_argument("evaluation", help="folder written by `genmedseg evaluate`")
@@ -205,13 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--cases", type=int, default=3, help="worst, median and best cases shown (each)")
     report.set_defaults(handler=cmd_report)
 
-    models = verbs.add_parser("models", help="list the methods with their trainable parameter counts")
+    models = verbs.add_parser("models", help="the methods: role, parameters, pretrained parts, sampling options")
     models.set_defaults(handler=cmd_models)
 
     runs = verbs.add_parser("runs", help="side-by-side table of training runs")
     runs.add_argument("runs", nargs="+", help="run folders")
-    runs.add_argument("--evaluations", nargs="*", default=[], help="evaluation folders to take test Dice from")
+    runs.add_argument("--evaluations", nargs="*", default=[], help="more evaluation folders to take test metrics from")
     runs.set_defaults(handler=cmd_runs)
+
+    env = verbs.add_parser("env", help="versions and devices, for bug reports")
+    env.set_defaults(handler=cmd_env)
     return parser
 
 

@@ -19,7 +19,7 @@ def demo_config(data: Path, epochs: int, image_size: int, vae: str | None) -> Ru
     """Wave-GMS with the paper's optimiser, shortened to a few minutes on a laptop CPU."""
     return RunConfig(
         data=DataConfig(root=str(data), image_size=image_size),
-        model=ModelConfig(name="wave-gms", vae=vae),
+        model=ModelConfig(name="wave-gms", pretrained={"vae": vae} if vae else {}),
         train=TrainConfig(epochs=epochs, batch_size=DEMO_BATCH_SIZE, warmup_epochs=1),
     )
 
@@ -45,7 +45,9 @@ def run_demo(
     summary = evaluate(run_dir, data_dir, evaluation_dir, split="test")
     report = write_report(evaluation_dir, data_root=data_dir)
     print(f"\nTest split, mean ± std per image (HD95 in pixels):\n{format_summary(summary)}")
-    print(f"\nbest validation Dice {training['best_val_dice']:.4f} after {training['train_seconds']:.0f} s of training")
+    best = training["best_val"]["value"]
+    score = "no validation ran" if best is None else f"best validation Dice {best:.4f}"
+    print(f"\n{score} after {training['train_seconds']:.0f} s of training")
     print(f"run (checkpoints, logs, config): {run_dir}")
     print(f"model folder (load with genmedseg.load): {run_dir / 'model'}")
     print(f"per-image metrics and masks: {evaluation_dir / 'metrics.csv'}, {evaluation_dir / 'masks'}")

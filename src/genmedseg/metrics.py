@@ -97,7 +97,8 @@ def hd95(pred: ArrayLike, gt: ArrayLike, spacing: Spacing = None) -> float:
 
 
 def segmentation_metrics(pred: ArrayLike, gt: ArrayLike, spacing: Spacing = None) -> dict[str, float | bool]:
-    """All per-image metrics of one prediction: ``dice, iou, hd95, gt_empty, pred_empty``."""
+    """All per-image metrics of one prediction: ``dice, iou, hd95, gt_empty, pred_empty, pred_full`` (the last: every
+    pixel predicted foreground, the other trivial answer a stuck model gives)."""
     pred_mask, gt_mask = _binary_pair(pred, gt)
     return {
         "dice": _dice(pred_mask, gt_mask),
@@ -105,6 +106,7 @@ def segmentation_metrics(pred: ArrayLike, gt: ArrayLike, spacing: Spacing = None
         "hd95": _hd95(pred_mask, gt_mask, _spacing_pair(spacing)),
         "gt_empty": not gt_mask.any(),
         "pred_empty": not pred_mask.any(),
+        "pred_full": bool(pred_mask.all()),
     }
 
 
@@ -112,7 +114,8 @@ def summarize(rows: Sequence[dict]) -> dict:
     """Mean, sample std (ddof=1; 0.0 for one image) and count of each metric over per-image rows.
 
     Every row counts: a row whose metric is NaN or infinite is an error, never skipped. Also returns
-    how many images had an empty ground truth (``n_gt_empty``) and an empty prediction (``n_pred_empty``).
+    how many images had an empty ground truth (``n_gt_empty``), an empty prediction (``n_pred_empty``) and a
+    prediction that covers the whole image (``n_pred_full``, counted when the rows have ``pred_full``).
     """
     if not rows:
         raise ValueError("summarize got no rows: there is no image to summarize")
@@ -130,6 +133,7 @@ def summarize(rows: Sequence[dict]) -> dict:
         }
     summary["n_gt_empty"] = sum(bool(row["gt_empty"]) for row in rows)
     summary["n_pred_empty"] = sum(bool(row["pred_empty"]) for row in rows)
+    summary["n_pred_full"] = sum(bool(row.get("pred_full", False)) for row in rows)
     return summary
 
 

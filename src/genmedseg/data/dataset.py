@@ -30,12 +30,13 @@ class SegmentationDataset(Dataset):
     """One split of a :class:`DatasetIndex` as ``{"image", "mask", "name"}`` items.
 
     ``image`` is float32 3 x S x S in [0, 1], ``mask`` float32 1 x S x S in {0, 1} (S = ``image_size``) and ``name``
-    the pair's name. With
-    ``augment=True`` the training augmentations of :func:`train_transforms` are applied, seeded per item and epoch.
+    the pair's name; with ``labels=True`` also ``labels``, the int64 1 x S x S class ids of
+    :func:`~genmedseg.data.io.read_label_map` (``mask`` is then ``labels > 0``). With ``augment=True`` the training
+    augmentations of :func:`train_transforms` are applied, seeded per item and epoch.
     """
 
     def __init__(self, index: DatasetIndex, split: str, image_size: int = 224, augment: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, labels: bool = False) -> None:
         self.names = index.names(split)
         if not self.names:
             raise DataError(f"{index.root}: split {split!r} has no image/mask pairs ({index.summary()}); "
@@ -43,6 +44,7 @@ class SegmentationDataset(Dataset):
         self.pairs = [index.pairs[name] for name in self.names]
         self.augment = augment
         self.seed = seed
+        self.labels = labels
         self.transform = train_transforms(image_size) if augment else eval_transforms(image_size)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -60,15 +62,13 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image_path, mask_path = self.pairs[i]
-        image, mask = read_pair(image_path, mask_path)
+        image, mask = read_pair(image_path, mask_path, labels=self.labels)
         if self.augment:
             set_seed(self.transform, augmentation_seed(self.seed, self.epoch, i))
-        sample = self.transform({"image": image.transpose(2, 0, 1), "mask": mask[None]})
-        return {
-            "image": sample["image"],
-            "mask": sample["mask"],
-            "name": self.names[i],
-        }
+        item = {"image": image.transpose(2, 0, 1), "mask": mask[None] > 0}
+        if self.labels:
+            item["labels"] = mask[None]
+        return {**self.transform(item), "name": self.names[i]}
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -22,6 +22,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 """File extensions read as images or masks (compared case-insensitively)."""
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+MAX_CLASS_IDS = 64
+"""More distinct ids than this in one mask is taken for a mask that was never meant as a label map."""
 _UINT16_MAX = 65535
 
 
@@ -31,7 +33,8 @@ class MaskStats:
 
     ``distinct_values`` counts the values of the single channel before binarisation; ``rule`` says in words which
     binarisation rule applied; ``alpha_only`` is true when the colour channels are empty but the (ignored) alpha
-    channel holds a shape, which almost always means the mask was saved as a transparency layer.
+    channel holds a shape, which almost always means the mask was saved as a transparency layer. ``class_ids`` are
+    the class ids that :func:`read_label_map` finds (None for a float mask or more than ``MAX_CLASS_IDS`` ids).
     """
 
     shape: tuple[int, int]
@@ -40,6 +43,7 @@ class MaskStats:
     foreground_pixels: int
     nonzero_pixels: int
     alpha_only: bool
+    class_ids: tuple[int, ...] | None = None
 
 
 def _decoded(path: str | os.PathLike) -> Image.Image:
@@ -183,9 +187,20 @@ def _binarise(values: np.ndarray, full_scale: int | None) -> tuple[np.ndarray, s
     return values > half, f"foreground = value / {full_scale} > 0.5"
 
 
+def _class_ids(values: np.ndarray, full_scale: int | None) -> np.ndarray | None:
+    """Integer class ids of a mask channel (see :func:`read_label_map`); None for float masks."""
+    if full_scale is None:
+        return None
+    if full_scale > 1 and values.size and int(values.max()) > full_scale // 2:
+        return (values > full_scale // 2).astype(np.int64)  # a binary 0/255-style mask (JPEG noise included)
+    return values.astype(np.int64)
+
+
 def _read_mask_with_stats(path: str | os.PathLike) -> tuple[np.ndarray, MaskStats]:
     values, full_scale, alpha_only = _mask_channel(path, _decoded(path))
     mask, rule = _binarise(values, full_scale)
+    ids = _class_ids(values, full_scale)
+    present = None if ids is None else np.unique(ids)
     stats = MaskStats(
         shape=(int(mask.shape[0]), int(mask.shape[1])),
         distinct_values=int(np.unique(values).size),
@@ -193,6 +208,7 @@ def _read_mask_with_stats(path: str | os.PathLike) -> tuple[np.ndarray, MaskStat
         foreground_pixels=int(mask.sum()),
         nonzero_pixels=int(np.count_nonzero(values)),
         alpha_only=alpha_only,
+        class_ids=None if present is None or present.size > MAX_CLASS_IDS else tuple(int(v) for v in present),
     )
     return mask, stats
 
@@ -219,6 +235,28 @@ def mask_stats(path: str | os.PathLike) -> MaskStats:
     return _read_mask_with_stats(path)[1]
 
 
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask of integer class ids (0 = background) as an ``H x W`` int64 array, for methods that use classes.
+
+    Grayscale, 16-bit and palette masks give their values (palette indices) as the ids. A mask whose values reach
+    above half the dtype's range is a binary 0/255 (or 0/65535) mask, read as 0/1 with the rule of
+    :func:`read_mask`. Colour-coded RGB masks (colour channels that differ) are refused: convert the colours to ids.
+    """
+    img = _decoded(path)
+    if img.mode in ("RGB", "RGBA"):
+        colour = np.asarray(img)[:, :, :3]
+        if (colour != colour[:, :, :1]).any():
+            raise DataError(f"{path}: a colour-coded mask; label masks hold one class id per pixel (0 = background, "
+                            "1, 2, ...): save it as a single-channel PNG of ids")
+    if img.mode == "P":
+        return np.asarray(img).astype(np.int64)
+    values, full_scale, _ = _mask_channel(path, img)
+    ids = _class_ids(values, full_scale)
+    if ids is None:
+        raise DataError(f"{path}: a floating-point mask cannot hold class ids; save it as an 8-bit PNG of ids")
+    return ids
+
+
 def size_mismatch_message(
     image_path: str | os.PathLike, image_hw: tuple[int, int], mask_path: str | os.PathLike, mask_hw: tuple[int, int]
 ) -> str:
@@ -230,10 +268,13 @@ def size_mismatch_message(
     )
 
 
-def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image (``H x W x 3`` float32) and its mask (``H x W`` bool), refusing pairs of different sizes."""
+def read_pair(
+    image_path: str | os.PathLike, mask_path: str | os.PathLike, labels: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image (``H x W x 3`` float32) and its mask (``H x W`` bool, or int64 class ids with ``labels``),
+    refusing pairs of different sizes."""
     image = read_image(image_path)
-    mask = read_mask(mask_path)
+    mask = read_label_map(mask_path) if labels else read_mask(mask_path)
     if image.shape[:2] != mask.shape:
         raise DataError(size_mismatch_message(image_path, image.shape[:2], mask_path, mask.shape))
     return image, mask

@@ -1,8 +1,9 @@
 """Paired image/mask transforms (MONAI dictionary transforms) with explicit normalisation.
 
 Input dict: ``image`` C x H x W (uint8, uint16, bool or float in [0, 1]) and ``mask`` 1 x H x W (bool, integer
-with foreground > 0, or float with foreground > 0.5). Output: ``image`` float32 C x S x S in [0, 1] and ``mask``
-float32 1 x S x S in {0, 1}, as plain tensors.
+with foreground > 0, or float with foreground > 0.5), optionally ``labels`` 1 x H x W integer class ids. Output:
+``image`` float32 C x S x S in [0, 1], ``mask`` float32 1 x S x S in {0, 1} and ``labels`` int64 1 x S x S (moved
+and resized with the mask, nearest), as plain tensors.
 
 Normalisation is decided by the dtype, never by the values: uint8 is divided by 255, uint16 by 65535, and float
 input must already be in [0, 1] (anything else is refused). This avoids the albumentations ``ToFloat`` trap in which
@@ -40,6 +41,7 @@ from genmedseg.data.io import scale_to_unit_range
 
 IMAGE_KEY = "image"
 MASK_KEY = "mask"
+LABELS_KEY = "labels"
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as torchvision and PIL use for grayscale
 
 
@@ -190,11 +192,12 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
 
 
 def _prepare_and_resize(size: tuple[int, int], image_key: str, mask_key: str) -> list[Any]:
-    keys = [image_key, mask_key]
+    keys = [image_key, mask_key, LABELS_KEY]
     return [
         ScaleToUnitRanged(keys=image_key),
         BinariseMaskd(keys=mask_key),
-        AntialiasedResized(keys=keys, spatial_size=size, mode=("bilinear", "nearest-exact")),
+        AntialiasedResized(keys=keys, spatial_size=size, mode=("bilinear", "nearest-exact", "nearest-exact"),
+                           allow_missing_keys=True),
     ]
 
 
@@ -203,12 +206,14 @@ def _finish(image_key: str, mask_key: str) -> list[Any]:
         ClipUnitRanged(keys=image_key),
         BinariseMaskd(keys=mask_key),
         EnsureTyped(keys=[image_key, mask_key], data_type="tensor", dtype=torch.float32, track_meta=False),
+        EnsureTyped(keys=LABELS_KEY, data_type="tensor", dtype=torch.int64, track_meta=False, allow_missing_keys=True),
     ]
 
 
 def eval_transforms(image_size: int | tuple[int, int] = 224, image_key: str = IMAGE_KEY,
                     mask_key: str = MASK_KEY) -> Compose:
-    """Deterministic evaluation pipeline: normalise by dtype, resize to ``image_size``, clip and binarise."""
+    """Deterministic evaluation pipeline: normalise by dtype, resize to ``image_size``, clip and binarise (class ids
+    under ``labels``, when the input has them, follow the mask)."""
     size = _spatial_size(image_size)
     return Compose(_prepare_and_resize(size, image_key, mask_key) + _finish(image_key, mask_key))
 
@@ -231,11 +236,11 @@ def train_transforms(
     Call :func:`set_seed` before each use to make the draw reproducible.
     """
     size = _spatial_size(image_size)
-    keys = [image_key, mask_key]
+    keys = [image_key, mask_key, LABELS_KEY]
     augment = [
-        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
-        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
-        RandRotate90d(keys=keys, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1)),
+        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0, allow_missing_keys=True),
+        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1, allow_missing_keys=True),
+        RandRotate90d(keys=keys, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True),
         RandColorJitterd(keys=image_key, prob=jitter_prob, brightness=jitter_strength, contrast=jitter_strength,
                          saturation=jitter_strength, hue=jitter_strength),
         RandAffined(
@@ -244,8 +249,9 @@ def train_transforms(
             rotate_range=(math.radians(rotate_degrees),),
             translate_range=(shift_fraction * size[0], shift_fraction * size[1]),
             scale_range=(scale_range, scale_range),
-            mode=("bilinear", "nearest"),
+            mode=("bilinear", "nearest", "nearest"),
             padding_mode="zeros",
+            allow_missing_keys=True,
         ),
     ]
     return Compose(_prepare_and_resize(size, image_key, mask_key) + augment + _finish(image_key, mask_key))

@@ -1,20 +1,15 @@
-"""Fit a method on a dataset folder: run folder, checkpoints (best validation Dice, last), exact resume, DDP.
+"""Fit a method on a dataset folder: run folder, checkpoints (best validation score, last), exact resume, DDP.
 
-A run folder holds everything about one training run::
-
-    RUN/config.yaml                 the resolved configuration (what ``--resume`` reads back)
-    RUN/checkpoints/best.ckpt       best validation Dice (full training state, written atomically)
-    RUN/checkpoints/last.ckpt       end of the last finished epoch (what ``--resume`` continues from)
-    RUN/logs/version_N/metrics.csv  one CSV log per training session (a resumed run adds a version)
-    RUN/model/                      the best model as config.json + model.safetensors + README.md
-    RUN/train_summary.json          what the ``runs`` table shows
-    RUN/curves.png                  losses and validation Dice per epoch
+The run folder's layout is in :mod:`genmedseg.folders`. Nothing here depends on which method runs: the method's
+``monitor`` selects checkpoints, its ``pretrained_parts`` are resolved and recorded, its ``uses_label_maps`` asks the
+data for class ids, its ``preview`` fills the preview grids.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 import warnings
 from pathlib import Path
@@ -27,22 +22,21 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
+import genmedseg
 from genmedseg.atomic import atomic_write
 from genmedseg.config import RunConfig
 from genmedseg.data import EpochShuffleSampler, SegmentationDataset, assert_dataset_ok, discover, format_report
 from genmedseg.data.layout import DatasetIndex
 from genmedseg.engine.model_card import render_model_card
-from genmedseg.engine.task import SegmentationTask
+from genmedseg.engine.task import ExponentialMovingAverage, MethodTask, method_state
 from genmedseg.errors import ConfigError
-from genmedseg.models.base import SegmentationMethod
-from genmedseg.models.registry import create_model
-from genmedseg.report import plot_training_curves
+from genmedseg.folders import RunFolder
+from genmedseg.models.base import Method, image_generators
+from genmedseg.models.registry import check_options, get_model_class
+from genmedseg.pretrained import ResolvedSource, state_checksum
+from genmedseg.report import plot_training_curves, write_preview_grid
 
-CONFIG_NAME = "config.yaml"
-BEST_CHECKPOINT = "checkpoints/best.ckpt"
-LAST_CHECKPOINT = "checkpoints/last.ckpt"
-MODEL_FOLDER = "model"
-SUMMARY_NAME = "train_summary.json"
+PREVIEW_IMAGES = 4
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -64,30 +58,69 @@ class _EpochSeeder(Callback):
         self.dataset.set_epoch(trainer.current_epoch)
 
 
+class PreviewWriter(Callback):
+    """Every ``every`` epochs (and after the last), saves ``previews/epoch_NNNN.png``: the method's ``preview`` of a
+    few validation images, with the weights validation used (EMA weights when on: place it before that callback)."""
+
+    def __init__(self, folder: Path, batch: dict[str, Any], every: int, seed: int) -> None:
+        self.folder, self.batch, self.every, self.seed = folder, batch, every, seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.sanity_checking or not trainer.is_global_zero or (epoch % self.every and epoch != trainer.max_epochs):
+            return
+        batch = {key: value.to(pl_module.device) if isinstance(value, torch.Tensor) else value
+                 for key, value in self.batch.items()}
+        with torch.no_grad():
+            panels = pl_module.method.preview(batch, generator=image_generators(self.seed, batch["name"]))
+        write_preview_grid(self.folder / f"epoch_{epoch:04d}.png",
+                           {name: values.detach().float().cpu().numpy() for name, values in panels.items()})
+
+
 def is_worker_rank() -> bool:
     """True in the extra processes that DDP launches (they must not redo the launcher's one-off work)."""
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
-def prepare_run_folder(config: RunConfig, run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite an earlier run; write the resolved configuration."""
-    if resume:
-        if not (run_dir / LAST_CHECKPOINT).is_file():
-            raise ConfigError(f"{run_dir}: nothing to resume (no {LAST_CHECKPOINT}); start a new run with --out")
-    elif (run_dir / CONFIG_NAME).exists() and not is_worker_rank():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
-        )
-    if not is_worker_rank():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / CONFIG_NAME, config.to_yaml)
+def read_run_record(run: RunFolder) -> dict[str, Any]:
+    """``run.json`` of a run folder (empty for a run of genmedseg 0.1, which had none)."""
+    if not run.record.is_file():
+        return {}
+    try:
+        return json.loads(run.record.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{run.record}: damaged ({error}); restore it or start a new run") from None
 
 
-def make_loaders(config: RunConfig, index: DatasetIndex) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
+def write_run_record(run: RunFolder, record: dict[str, Any]) -> None:
+    atomic_write(run.record, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def resolve_pretrained(cls: type[Method], given: dict[str, str], recorded: dict[str, Any]) -> dict[str, ResolvedSource]:
+    """Each frozen part's source: as given, else as the run recorded it (on resume), else environment or default."""
+    unknown = sorted(set(given) - set(cls.pretrained_parts))
+    if unknown:
+        parts = ", ".join(cls.pretrained_parts) or "none"
+        raise ConfigError(f"--pretrained {unknown[0]}=...: {cls.name} has no such part; its parts: {parts}")
+    sources = {}
+    for role, part in cls.pretrained_parts.items():
+        if not given.get(role) and role in recorded:
+            sources[role] = ResolvedSource(recorded[role]["source"], recorded[role]["origin"])
+        else:
+            resolved = part.resolve(given.get(role))
+            path = Path(resolved.source).expanduser()
+            sources[role] = ResolvedSource(str(path.resolve()) if path.exists() else resolved.source, resolved.origin)
+    return sources
+
+
+def make_loaders(
+    config: RunConfig, index: DatasetIndex, labels: bool = False
+) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
     """Training loader (seeded shuffling and augmentation) and validation loader."""
     data, train = config.data, config.train
-    train_set = SegmentationDataset(index, "train", data.image_size, augment=data.augment, seed=train.seed)
-    val_set = SegmentationDataset(index, "val", data.image_size, augment=False)
+    train_set = SegmentationDataset(index, "train", data.image_size, augment=data.augment, seed=train.seed,
+                                    labels=labels)
+    val_set = SegmentationDataset(index, "val", data.image_size, augment=False, labels=labels)
     common = {"num_workers": data.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
         train_set,
@@ -108,48 +141,66 @@ def fit(
     callbacks: list[Callback] | None = None,
     enable_progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` (or continue it with ``resume``) and export the best model folder."""
+    """Train ``config`` into ``run_dir`` (or continue it with ``resume``) and export the selected model folder."""
     # Absolute, because Lightning reports checkpoint paths absolute and the summary records them relative to it.
-    run_dir = Path(run_dir).resolve()
+    run = RunFolder(Path(run_dir).resolve())
     if config.data.root is None:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
+    if resume and not run.last_checkpoint.is_file():
+        raise ConfigError(f"{run.path}: nothing to resume (no {run.last_checkpoint.name}); start a new run with --out")
+    if not resume and run.is_run() and not is_worker_rank():
+        raise ConfigError(f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out")
+    cls = get_model_class(config.model.name)
+    check_options(cls, config.model.options)
     index, data_warnings = assert_dataset_ok(
         discover(config.data.root, config.data.split_file, config.data.val_fraction, config.train.seed)
     )
     if data_warnings and not is_worker_rank():
         print(format_report(data_warnings, len(index.pairs), index.root))
-    prepare_run_folder(config, run_dir, resume)
+    record = read_run_record(run) if resume else {}
+    sources = resolve_pretrained(cls, config.model.pretrained, record.get("pretrained", {}))
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    method = create_model(config.model.name, vae=config.model.vae, **config.model.options)
-    _check_image_size(method, config.data.image_size)
-    task = SegmentationTask(method, config.train)
-    train_set, train_loader, val_loader = make_loaders(config, index)
+    method = cls.create(pretrained={role: source.source for role, source in sources.items()},
+                        image_size=config.data.image_size, **config.model.options)
+    frozen = {role: {"source": sources[role].source, "origin": sources[role].origin, "sha256": state_checksum(module)}
+              for role, module in method.frozen_modules().items()}
+    task = MethodTask(method, config.train, frozen)
+    train_set, train_loader, val_loader = make_loaders(config, index, labels=cls.uses_label_maps)
+    if not is_worker_rank():
+        _write_run_folder(run, config, index, frozen, record)
 
+    metric, mode = cls.monitor
     # Two callbacks, best before last: Lightning writes "last" only when the monitored one saved, and the last
     # checkpoint must carry the best callback's updated state for an exact resume.
     best, last = (
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=run.checkpoints,
             filename=name,
             monitor=monitor,
-            mode="max",
+            mode=mode,
             save_top_k=1,
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
-        for name, monitor in (("best", "val_dice"), ("last", None))
+        for name, monitor in (("best", task.monitored), ("last", None))
     )
+    extra: list[Callback] = []
+    if config.train.preview_every:
+        extra.append(PreviewWriter(run.previews, _first_items(val_loader, PREVIEW_IMAGES), config.train.preview_every,
+                                   config.train.seed))
+    if config.train.ema_decay:
+        extra.append(ExponentialMovingAverage(config.train.ema_decay))  # after the previews: see PreviewWriter
     trainer = L.Trainer(
-        default_root_dir=run_dir,
+        default_root_dir=run.path,
         max_epochs=config.train.epochs,
         max_time=None if config.train.max_minutes is None else {"minutes": config.train.max_minutes},
         accelerator=config.train.accelerator,
         devices=config.train.devices,
-        strategy=_strategy(config.train.devices),
         precision=config.train.precision,
-        logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[best, last, _EpochSeeder(train_set), *(callbacks or [])],
+        gradient_clip_val=config.train.grad_clip,
+        logger=CSVLogger(run.path, name=run.logs.name),
+        callbacks=[best, last, _EpochSeeder(train_set), *extra, *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         check_val_every_n_epoch=config.train.val_every,
         num_sanity_val_steps=0,
@@ -157,7 +208,7 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-    checkpoint = run_dir / LAST_CHECKPOINT if resume else None
+    checkpoint = run.last_checkpoint if resume else None
     if checkpoint is not None:
         # Lightning builds the first training iterator before it calls set_epoch, so with loader workers the first
         # resumed epoch would replay epoch 0's order and augmentation: set the resumed epoch up front.
@@ -166,66 +217,76 @@ def fit(
         train_set.set_epoch(epoch)
     started = time.perf_counter()
     with warnings.catch_warnings():
-        # The frozen autoencoder is in eval mode on purpose; Lightning warns about every such module.
+        # The frozen parts are in eval mode on purpose; Lightning warns about every such module.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint)
     seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
-    return _finish_run(config, run_dir, index, method, trainer, best, seconds)
+    return _finish_run(config, run, index, method, frozen, trainer, best, seconds)
 
 
-def _strategy(devices: int | str) -> str:
-    # The config admits an integer or "auto"; only an explicit count above one (or -1, all) asks for DDP.
-    several = isinstance(devices, int) and (devices == -1 or devices > 1)
-    # The unused level3 head (and frozen parts) would stop plain DDP; tell it to look for unused parameters.
-    return "ddp_find_unused_parameters_true" if several else "auto"
+def _first_items(loader: DataLoader, count: int) -> dict[str, Any]:
+    """The first ``count`` items of a loader's dataset as one batch (what the preview grids show)."""
+    dataset = loader.dataset
+    return loader.collate_fn([dataset[i] for i in range(min(count, len(dataset)))])
 
 
-def _check_image_size(method: SegmentationMethod, image_size: int) -> None:
-    if image_size % method.size_multiple:
-        raise ConfigError(
-            f"image_size {image_size} is not a multiple of {method.size_multiple}, which {method.name} needs; "
-            f"use e.g. {image_size - image_size % method.size_multiple or method.size_multiple}"
-        )
+def _write_run_folder(
+    run: RunFolder, config: RunConfig, index: DatasetIndex, frozen: dict[str, Any], record: dict[str, Any]
+) -> None:
+    """``config.yaml`` and ``run.json``: what a moved or copied run folder needs to be continued and reloaded."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write(run.config, config.to_yaml)
+    write_run_record(run, {
+        **record,
+        "data": str(index.root.resolve()),
+        "pretrained": {role: {"source": part["source"], "origin": part["origin"]} for role, part in frozen.items()},
+        "versions": _versions(),
+    })
+
+
+def _versions() -> dict[str, str]:
+    return {"genmedseg": genmedseg.__version__, "torch": torch.__version__, "lightning": L.__version__,
+            "python": platform.python_version()}
 
 
 def _finish_run(
     config: RunConfig,
-    run_dir: Path,
+    run: RunFolder,
     index: DatasetIndex,
-    method: SegmentationMethod,
+    method: Method,
+    frozen: dict[str, Any],
     trainer: L.Trainer,
     best: ModelCheckpoint,
     seconds: float,
 ) -> dict[str, Any]:
     """Export the best checkpoint as a model folder and record the run's summary."""
-    checkpoint = Path(best.best_model_path) if best.best_model_path else run_dir / LAST_CHECKPOINT
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    method.load_state_dict({key.removeprefix("method."): value for key, value in state.items()})
-    previous = _read_summary(run_dir)
+    checkpoint = Path(best.best_model_path) if best.best_model_path else run.last_checkpoint
+    method.load_state_dict(method_state(method, frozen, torch.load(checkpoint, map_location="cpu", weights_only=False)))
+    previous = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+    metric, mode = method.monitor
     summary = {
         "model": config.model.name,
-        "data": str(Path(config.data.root).resolve()),
+        "role": method.role,
+        "data": str(index.root.resolve()),
         "image_size": config.data.image_size,
         "epochs_done": trainer.current_epoch,
         "epochs": config.train.epochs,
-        "best_val_dice": float(best.best_model_score) if best.best_model_score is not None else None,
-        "best_checkpoint": str(checkpoint.relative_to(run_dir)),
+        "best_val": {"metric": metric, "mode": mode,
+                     "value": float(best.best_model_score) if best.best_model_score is not None else None},
+        "best_checkpoint": str(checkpoint.relative_to(run.path)),
         "trainable_parameters": method.num_trainable_parameters(),
+        "parameters": method.num_parameters(),
         "train_seconds": previous.get("train_seconds", 0.0) + seconds,
         "steps": trainer.global_step,
         "n_train": len(index.splits["train"]),
         "n_val": len(index.splits["val"]),
         "val_source": index.val_source,
+        "ema_decay": config.train.ema_decay,
     }
-    card = render_model_card(config, summary)
-    method.save_pretrained(run_dir / MODEL_FOLDER, card=card, training=summary)
-    atomic_write(run_dir / SUMMARY_NAME, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
-    plot_training_curves(run_dir)
+    card = render_model_card(config, summary, frozen)
+    method.save_pretrained(run.model.path, card=card, training=summary, pretrained=frozen)
+    atomic_write(run.summary, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+    plot_training_curves(run.path, method.monitor)
     return summary
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / SUMMARY_NAME
-    return json.loads(path.read_text()) if path.is_file() else {}

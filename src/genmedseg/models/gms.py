@@ -24,7 +24,7 @@ import torch
 from genmedseg.errors import ConfigError
 from genmedseg.models.latent import LatentSegmentationMethod
 from genmedseg.models.lmm import ResAttnUNetDS
-from genmedseg.vae import SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE, load_sd_vae
+from genmedseg.vae import SD_VAE, SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE
 
 LATENT_NOISE = ("posterior", "original", "none")
 
@@ -34,6 +34,7 @@ class GMS(LatentSegmentationMethod):
 
     Args:
         vae: the frozen Stable Diffusion VAE.
+        image_size: side of the square input (a multiple of 8).
         mapping_channels, mapping_mult: width and multipliers of ``ResAttnUNetDS`` (32, (1, 2, 4, 4)).
         latent_noise: ``"posterior"``, ``"original"`` or ``"none"`` (see the module docstring).
         noise_probability: chance per batch of training on a posterior sample (0.5).
@@ -41,12 +42,12 @@ class GMS(LatentSegmentationMethod):
     """
 
     name = "gms"
-    autoencoder_class = FrozenSDVAE
-    load_autoencoder = staticmethod(load_sd_vae)
+    pretrained_parts = {"vae": SD_VAE}
 
     def __init__(
         self,
         vae: FrozenSDVAE,
+        image_size: int = 224,
         mapping_channels: int = 32,
         mapping_mult: tuple[int, ...] = (1, 2, 4, 4),
         latent_noise: str = "posterior",
@@ -55,10 +56,11 @@ class GMS(LatentSegmentationMethod):
         latent_weight: float = 1.0,
         dice_weight: float = 1.0,
     ) -> None:
-        super().__init__(supervised_heads, latent_weight, dice_weight)
+        super().__init__(image_size, supervised_heads, latent_weight, dice_weight)
         if latent_noise not in LATENT_NOISE:
             raise ConfigError(f"latent_noise={latent_noise!r} is not one of {LATENT_NOISE}")
         self.options = {
+            "image_size": image_size,
             "mapping_channels": mapping_channels,
             "mapping_mult": list(mapping_mult),
             "latent_noise": latent_noise,
@@ -70,6 +72,7 @@ class GMS(LatentSegmentationMethod):
         self.autoencoder = vae
         channels = vae.latent_channels
         self.mapping = ResAttnUNetDS(channels, channels, channels=mapping_channels, ch_mult=tuple(mapping_mult))
+        self.mapping.keep_heads(self.used_heads())
 
     @classmethod
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> GMS:

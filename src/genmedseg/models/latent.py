@@ -7,8 +7,7 @@ the heads decoded by the frozen decoder (the gradient goes through the decoder, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,35 +20,28 @@ from genmedseg.models.base import SegmentationMethod
 class LatentSegmentationMethod(SegmentationMethod):
     """Base of the latent generative segmenters: decoding, mask latents and the latent + Dice losses.
 
-    Subclasses name their frozen autoencoder's class and loader, take it as the first constructor argument, set
-    ``self.autoencoder`` and ``self.options`` (the other constructor arguments) and implement ``mask_latent``. The
-    model folder's config is ``{"vae": <autoencoder architecture>, **options}``.
+    Subclasses declare their frozen autoencoder as the ``vae`` pretrained part, take it as the constructor argument
+    ``vae``, set ``self.autoencoder``, ``self.mapping`` (a deep-supervised latent mapping model) and ``self.options``,
+    and implement ``mask_latent``. Only the supervised heads and ``out`` are built (see ``keep_heads``).
     """
 
     size_multiple = 8
     autoencoder: nn.Module
-    options: dict[str, Any]
-    autoencoder_class: ClassVar[type]
-    load_autoencoder: ClassVar[Callable[[str | None], nn.Module]]
+    mapping: nn.Module
 
-    def __init__(self, supervised_heads: tuple[str, ...], latent_weight: float, dice_weight: float) -> None:
-        super().__init__()
+    def __init__(self, image_size: int, supervised_heads: Sequence[str], latent_weight: float, dice_weight: float) -> None:
+        super().__init__(image_size)
         self.supervised_heads = tuple(supervised_heads)
         self.latent_weight = latent_weight
         self.dice_weight = dice_weight
         self.dice_loss = DiceLoss()
 
-    @classmethod
-    def create(cls, vae: str | None = None, **options: Any) -> LatentSegmentationMethod:
-        return cls(cls.load_autoencoder(vae), **options)
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.autoencoder}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LatentSegmentationMethod:
-        options = dict(config)
-        return cls(cls.autoencoder_class.from_config(options.pop("vae")), **options)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"vae": self.autoencoder.config, **self.options}
+    def used_heads(self) -> tuple[str, ...]:
+        """The heads that enter the losses, and ``out``, the one that predicts."""
+        return tuple(dict.fromkeys((*self.supervised_heads, "out")))
 
     def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
         """The autoencoder's latent of binary masks ``(B,1,H,W)`` (encoded as grey RGB images)."""

@@ -182,6 +182,15 @@ class _DeepSupervisedUNet(nn.Module):
             }
         )
 
+    def keep_heads(self, names: Sequence[str]) -> None:
+        """Drop the heads not in ``names`` (e.g. the ``level3`` head that Wave-GMS never trains, which would stop plain
+        DDP). All four are built first, so the initialisation of the kept ones does not depend on the choice."""
+        unknown = sorted(set(names) - set(HEAD_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown head(s) {unknown}; heads are {', '.join(HEAD_NAMES)}")
+        for name in [name for name in self.heads if name not in names]:
+            del self.heads[name]
+
     def _forward(self, x: Tensor, guidance: Tensor | None) -> dict[str, Tensor]:
         h = self.stem(x)
         skips = [h]
@@ -193,7 +202,7 @@ class _DeepSupervisedUNet(nn.Module):
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop()], dim=1), guidance)
             decoded.append(h)
-        return {name: self.heads[name](features) for name, features in zip(HEAD_NAMES, decoded)}
+        return {name: self.heads[name](features) for name, features in zip(HEAD_NAMES, decoded) if name in self.heads}
 
 
 class ResAttnUNetDS(_DeepSupervisedUNet):

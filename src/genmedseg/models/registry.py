@@ -1,19 +1,31 @@
-"""The registry of methods: ``--model NAME`` picks one, ``genmedseg models`` lists them."""
+"""The registry of methods: ``--model NAME`` picks one, ``genmedseg models`` lists them, model folders load here.
+
+Adding a method is one file in ``genmedseg/models/`` and one line in :data:`MODELS` (see docs/adding-a-method.md).
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
 from typing import Any
 
-from genmedseg.errors import ConfigError
-from genmedseg.models.base import SegmentationMethod
+from safetensors.torch import load_file
+
+from genmedseg.errors import ConfigError, WeightsError
+from genmedseg.folders import ModelFolder, model_folder_of
+from genmedseg.models.base import Method
 from genmedseg.models.gms import GMS
 from genmedseg.models.unet import UNet
 from genmedseg.models.wave_gms import WaveGMS
 
-MODELS: dict[str, type[SegmentationMethod]] = {model.name: model for model in (WaveGMS, GMS, UNet)}
+MODELS: dict[str, type[Method]] = {model.name: model for model in (WaveGMS, GMS, UNet)}
+
+ROLE_VERBS = {"segmenter": ("evaluate", "predict"), "generator": ("generate",)}
+"""The verbs that use a trained model, by the role of its method."""
 
 
-def get_model_class(name: str) -> type[SegmentationMethod]:
+def get_model_class(name: str) -> type[Method]:
     """The class registered under ``name``; an unknown name lists the valid ones."""
     try:
         return MODELS[name]
@@ -21,19 +33,78 @@ def get_model_class(name: str) -> type[SegmentationMethod]:
         raise ConfigError(f"unknown model {name!r}; valid models are: {', '.join(sorted(MODELS))}") from None
 
 
-def create_model(name: str, vae: str | None = None, **options: Any) -> SegmentationMethod:
-    """A new model of method ``name`` with its pretrained frozen parts loaded from ``vae`` (if it has any)."""
+def check_options(cls: type[Method], options: dict[str, Any]) -> None:
+    """Refuse options the method's constructor does not take, listing those it does with their defaults."""
+    defaults = cls.option_defaults()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        valid = ", ".join(
+            key if default is inspect.Parameter.empty else f"{key}={default!r}" for key, default in defaults.items()
+        )
+        raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; its options: {valid}")
+
+
+def create_model(name: str, pretrained: dict[str, str | None] | None = None, **options: Any) -> Method:
+    """A new model of method ``name``, its frozen parts loaded from ``pretrained`` (role -> source)."""
     cls = get_model_class(name)
+    check_options(cls, options)
+    return cls.create(pretrained=pretrained, **options)
+
+
+def require_role(method: Method | type[Method], verb: str) -> None:
+    """Refuse a verb that does not fit the method's role, with the verbs that do."""
+    if verb not in ROLE_VERBS.get(method.role, ()):
+        fitting = ", ".join(f"`genmedseg {v}`" for v in ROLE_VERBS.get(method.role, ()))
+        raise ConfigError(f"{method.name} is a {method.role}, and `genmedseg {verb}` needs a {_role_of_verb(verb)}; "
+                          f"use {fitting} with this model")
+
+
+def _role_of_verb(verb: str) -> str:
+    return next((role for role, verbs in ROLE_VERBS.items() if verb in verbs), "different method")
+
+
+def load_pretrained(path: str | Path) -> Method:
+    """Load a model folder written by ``save_pretrained`` (or the ``model/`` of a run folder): no YAML needed."""
+    folder = model_folder_of(path)
+    if not folder.exists():
+        raise WeightsError(
+            f"{path}: no trained model here (expected {folder.config.name} and {folder.weights.name} in {path} or in "
+            f"{Path(path) / 'model'}); a run gets its model folder when training finishes"
+        )
+    saved = _read_model_config(folder)
+    config = dict(saved["config"])
+    if saved.get("format_version", 1) < 2:  # genmedseg 0.1 kept the input size in the training summary
+        config["image_size"] = saved["training"]["image_size"]
+    method = get_model_class(saved["model"]).from_config(config)
     try:
-        return cls.create(vae=vae, **options)
-    except TypeError as error:
-        raise ConfigError(f"model {name!r}: bad option ({error}); see `genmedseg models` and its docs") from error
+        method.load_state_dict(load_file(str(folder.weights)))
+    except RuntimeError as error:
+        raise WeightsError(f"{folder.weights}: weights do not match {folder.config.name} ({error})") from error
+    return method.eval()
 
 
-def describe_models() -> list[tuple[str, str, int]]:
-    """Name, one-line description and trainable parameter count (default options, paper-size latents) per model."""
+def _read_model_config(folder: ModelFolder) -> dict[str, Any]:
+    try:
+        saved = json.loads(folder.config.read_text())
+        if "model" not in saved or "config" not in saved:
+            raise KeyError("model" if "model" not in saved else "config")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{folder.config}: not a genmedseg model config ({error}); export the model again") from None
+    return saved
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Per method: name, role, one-line summary, trainable parameters (tiny random frozen parts, default options),
+    pretrained parts and sampling keys."""
     rows = []
     for name, cls in sorted(MODELS.items()):
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        rows.append((name, summary, cls.with_random_weights(tiny=True).num_trainable_parameters()))
+        rows.append({
+            "name": name,
+            "role": cls.role,
+            "summary": (cls.__doc__ or "").strip().splitlines()[0],
+            "trainable_parameters": cls.with_random_weights(tiny=True).num_trainable_parameters(),
+            "pretrained": {role: part.description for role, part in cls.pretrained_parts.items()},
+            "sampling": [option.describe(key) for key, option in cls.sampling_options.items()],
+            "prompts": getattr(cls, "prompt_kind", None),
+        })
     return rows

@@ -5,7 +5,7 @@ answer beside it.
 
 Example::
 
-    >>> model = UNet()
+    >>> model = UNet(image_size=64)
     >>> model.predict_proba(torch.rand(2, 3, 64, 64)).shape
     torch.Size([2, 1, 64, 64])
 """
@@ -25,6 +25,7 @@ class UNet(SegmentationMethod):
     """U-Net (MONAI ``BasicUNet``, four 2x down-samplings) with a sigmoid output.
 
     Args:
+        image_size: side of the square input (a multiple of 16).
         features: channels of the five encoder levels and of the last decoder level (MONAI's default).
         dropout: dropout probability inside the blocks.
     """
@@ -32,15 +33,14 @@ class UNet(SegmentationMethod):
     name = "unet"
     size_multiple = 16
 
-    def __init__(self, features: tuple[int, ...] = (32, 32, 64, 128, 256, 32), dropout: float = 0.0) -> None:
-        super().__init__()
-        self.options = {"features": list(features), "dropout": dropout}
+    def __init__(
+        self, image_size: int = 224, features: tuple[int, ...] = (32, 32, 64, 128, 256, 32), dropout: float = 0.0
+    ) -> None:
+        super().__init__(image_size)
+        self.options = {"image_size": image_size, "features": list(features), "dropout": dropout}
         self.network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=tuple(features), dropout=dropout)
         # Dice on sigmoid probabilities + BCE on logits (MONAI >= 1.3 computes BCE for one-channel outputs).
         self.loss = DiceCELoss(sigmoid=True)
-
-    def get_config(self) -> dict[str, Any]:
-        return dict(self.options)
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"loss": self.loss(self.network(batch["image"]), batch["mask"])}

@@ -5,13 +5,15 @@ return modules whose ``encode`` takes images in [0, 1] and whose ``decode`` retu
 """
 
 from genmedseg.vae.frozen import FrozenModule
-from genmedseg.vae.loading import load_sd_vae, load_tiny_vae
+from genmedseg.vae.loading import SD_VAE, TINY_VAE, load_sd_vae, load_tiny_vae
 from genmedseg.vae.sd_vae import SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE
 from genmedseg.vae.taesd import FrozenTinyVAE, detect_tiny_vae_config
 
 __all__ = [
+    "SD_VAE",
     "SD_VAE_CONFIG",
     "TINY_SD_VAE_CONFIG",
+    "TINY_VAE",
     "FrozenModule",
     "FrozenSDVAE",
     "FrozenTinyVAE",

@@ -9,12 +9,12 @@ Sources, in the order they are tried:
 - a hub id ``owner/name`` or ``owner/name/subfolder`` (needs internet or a filled hub cache).
 
 With no source, the environment variable (``GENMEDSEG_VAE`` / ``GENMEDSEG_SD_VAE``) is used, else the
-default hub id. Every failure raises :class:`WeightsError` saying how to supply the weights.
+default hub id (:data:`TINY_VAE` and :data:`SD_VAE` are these parts as methods declare them). Every failure raises
+:class:`WeightsError` saying how to supply the weights; offline, an uncached hub id fails at once.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from genmedseg.errors import WeightsError
+from genmedseg.pretrained import PretrainedPart, ensure_hub_reachable
 from genmedseg.vae.sd_vae import FrozenSDVAE
 from genmedseg.vae.taesd import FrozenTinyVAE
 
@@ -38,14 +39,15 @@ LDM_NORM_GROUPS = 32
 _HUB_ID = re.compile(r"^[\w][\w.-]*/[\w][\w.-]*(/[\w][\w.-]*)*$")
 
 TINY_VAE_HELP = (
-    "Supply tiny-autoencoder weights in one of these ways: `--vae DIR` where DIR holds one <name>_encoder.pth + "
+    "Supply tiny-autoencoder weights in one of these ways: `--vae DIR` (short for `--pretrained vae=DIR`) where DIR holds one <name>_encoder.pth + "
     "<name>_decoder.pth pair from github.com/madebyollin/taesd (taesd, taesdxl, taesd3, taef1 or taef2; or pass "
     "the *_encoder.pth file itself); `--vae DIR` with a diffusers AutoencoderTiny folder (config.json + "
     f"diffusion_pytorch_model.safetensors); the environment variable {TINY_VAE_ENV} set to either; or go online "
     f"so that the hub id '{DEFAULT_TINY_VAE}' can be downloaded."
 )
 SD_VAE_HELP = (
-    "Supply Stable Diffusion VAE weights in one of these ways: a diffusers AutoencoderKL folder (config.json + "
+    "Supply Stable Diffusion VAE weights with `--vae SOURCE` (short for `--pretrained vae=SOURCE`), SOURCE being "
+    "a diffusers AutoencoderKL folder (config.json + "
     "diffusion_pytorch_model.safetensors, directly or in a vae/ subfolder); a single SD 1.x/2.x .ckpt or "
     ".safetensors file (a full model, or a first-stage file such as GMS's 768-v-ema-first-stage-VAE.ckpt); the "
     f"environment variable {SD_VAE_ENV} set to either; or go online so that a hub id such as "
@@ -61,7 +63,10 @@ def load_tiny_vae(source: str | Path | None = None) -> FrozenTinyVAE:
     paper's choice). ``None`` means ``$GENMEDSEG_VAE``, else ``madebyollin/taesd``. The latent channels and
     the mid-block GroupNorm variant are read from the weights.
     """
-    text = _resolve_source(source, TINY_VAE_ENV, DEFAULT_TINY_VAE)
+    return TINY_VAE.load(source)
+
+
+def _load_tiny_vae_from(text: str) -> FrozenTinyVAE:
     path = Path(text).expanduser()
     if path.is_file():
         return _tiny_from_pth_pair(path, _decoder_beside(path))
@@ -70,7 +75,7 @@ def load_tiny_vae(source: str | Path | None = None) -> FrozenTinyVAE:
         if model_folder is None:
             return _tiny_from_pth_pair(*_find_pth_pair(path))
         return _tiny_from_diffusers(str(model_folder), subfolder=None)
-    return _tiny_from_diffusers(*_parse_hub_id(text, TINY_VAE_HELP))
+    return _tiny_from_diffusers(*_parse_hub_id(text, TINY_VAE_HELP), hub=True)
 
 
 def load_sd_vae(source: str | Path | None = None, config: Mapping[str, Any] | None = None) -> FrozenSDVAE:
@@ -84,23 +89,20 @@ def load_sd_vae(source: str | Path | None = None, config: Mapping[str, Any] | No
     For a single file the architecture is read from the tensor shapes; ``config`` overrides entries of the
     ``AutoencoderKL`` config that shapes cannot tell (``norm_num_groups``, ``scaling_factor``).
     """
-    text = _resolve_source(source, SD_VAE_ENV, DEFAULT_SD_VAE)
+    return FrozenSDVAE(_sd_vae_from(SD_VAE.resolve(source).source, config or {}))
+
+
+def _sd_vae_from(text: str, config: Mapping[str, Any]) -> Any:
     path = Path(text).expanduser()
     if path.is_file():
-        return FrozenSDVAE(_sd_from_single_file(path, config or {}))
+        return _sd_from_single_file(path, config)
     if path.is_dir():
         model_folder = _diffusers_model_folder(path)
         if model_folder is None:
             raise WeightsError(f"{path} holds no config.json (neither directly nor in vae/). {SD_VAE_HELP}")
-        return FrozenSDVAE(_diffusers_from_pretrained("AutoencoderKL", str(model_folder), None, SD_VAE_HELP))
+        return _diffusers_from_pretrained("AutoencoderKL", str(model_folder), None, SD_VAE_HELP)
     repo_id, subfolder = _parse_hub_id(text, SD_VAE_HELP)
-    return FrozenSDVAE(_diffusers_from_pretrained("AutoencoderKL", repo_id, subfolder, SD_VAE_HELP))
-
-
-def _resolve_source(source: str | Path | None, env_var: str, default: str) -> str:
-    if source is None:
-        return os.environ.get(env_var) or default
-    return str(source)
+    return _diffusers_from_pretrained("AutoencoderKL", repo_id, subfolder, SD_VAE_HELP, hub=True)
 
 
 def _parse_hub_id(text: str, help_text: str) -> tuple[str, str | None]:
@@ -162,16 +164,25 @@ def _tiny_from_pth_pair(encoder: Path, decoder: Path) -> FrozenTinyVAE:
         raise WeightsError(f"{encoder} / {decoder.name}: {error}") from error
 
 
-def _tiny_from_diffusers(name: str, subfolder: str | None) -> FrozenTinyVAE:
-    return FrozenTinyVAE.from_diffusers(_diffusers_from_pretrained("AutoencoderTiny", name, subfolder, TINY_VAE_HELP))
+def _tiny_from_diffusers(name: str, subfolder: str | None, hub: bool = False) -> FrozenTinyVAE:
+    autoencoder = _diffusers_from_pretrained("AutoencoderTiny", name, subfolder, TINY_VAE_HELP, hub)
+    return FrozenTinyVAE.from_diffusers(autoencoder)
 
 
-def _diffusers_from_pretrained(class_name: str, name: str, subfolder: str | None, help_text: str) -> Any:
-    """``diffusers.<class_name>.from_pretrained`` in float32, with failures turned into WeightsError."""
+def _diffusers_from_pretrained(
+    class_name: str, name: str, subfolder: str | None, help_text: str, hub: bool = False
+) -> Any:
+    """``diffusers.<class_name>.from_pretrained`` in float32, with failures turned into WeightsError.
+
+    ``hub``: ``name`` is a hub id, which must be in the local cache or reachable (checked at once).
+    """
     import diffusers
 
+    cached = hub and ensure_hub_reachable(name, subfolder, help_text)
     try:
-        return getattr(diffusers, class_name).from_pretrained(name, subfolder=subfolder, torch_dtype=torch.float32)
+        return getattr(diffusers, class_name).from_pretrained(
+            name, subfolder=subfolder, torch_dtype=torch.float32, local_files_only=cached
+        )
     except Exception as error:  # hub, network, file and config errors come in many types; all mean "no weights"
         where = f"{name} (subfolder {subfolder})" if subfolder else name
         raise WeightsError(f"cannot load a diffusers {class_name} from {where}: {error}. {help_text}") from error
@@ -230,3 +241,21 @@ def _ldm_vae_ddconfig(checkpoint: Mapping[str, Any], path: Path) -> dict[str, An
         "num_res_blocks": len(blocks),
         "z_channels": z_channels,
     }
+
+
+TINY_VAE = PretrainedPart(
+    description="frozen tiny autoencoder (TAESD family)",
+    loader=_load_tiny_vae_from,
+    architecture=FrozenTinyVAE.from_config,
+    environment=TINY_VAE_ENV,
+    default=DEFAULT_TINY_VAE,
+    help=TINY_VAE_HELP,
+)
+SD_VAE = PretrainedPart(
+    description="frozen Stable Diffusion VAE",
+    loader=lambda source: FrozenSDVAE(_sd_vae_from(source, {})),
+    architecture=FrozenSDVAE.from_config,
+    environment=SD_VAE_ENV,
+    default=DEFAULT_SD_VAE,
+    help=SD_VAE_HELP,
+)

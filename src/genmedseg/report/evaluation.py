@@ -1,28 +1,18 @@
-"""Reports people would rather look at: an HTML page per evaluation, training curves per run, a table of runs.
+"""The evaluation report: ``report.html`` for a folder written by ``genmedseg evaluate``.
 
-- :func:`write_report` turns an evaluation folder (written by ``genmedseg evaluate``) into ``report.html``: one
-  self-contained page (images inline as base64 PNG, CSS inline, no external address) with the summary, the
-  distributions of Dice, IoU and HD95, Dice against lesion size, overlays of the worst, median and best cases, and
-  the per-image metrics table, each row with an anchor that the case figures link to.
-- :func:`plot_training_curves` draws ``curves.png`` of a run folder from its CSV logs, resumed sessions merged.
-- :func:`runs_table` lists finished runs side by side as plain text, with their test Dice where one was evaluated.
-
-Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas, never through ``pyplot``, so making a
-report neither needs a display nor switches the backend of a notebook that calls it. Colours are from the
-Okabe-Ito palette, which stays distinguishable with the common colour-vision deficiencies.
+One self-contained page (images inline as base64 PNG, CSS inline, no external address) with the summary (and the
+prompts and sampling that produced it), the distributions of Dice, IoU and HD95, Dice against lesion size, overlays
+of the worst, median and best cases with every extra map of the predictions (e.g. uncertainty) beside the
+probability map, and the per-image metrics table, each row with an anchor that the case figures link to.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
-import io
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,23 +22,13 @@ import numpy as np
 from genmedseg.atomic import atomic_write
 from genmedseg.data import discover, read_image, read_mask, read_probability_png
 from genmedseg.errors import ConfigError, DataError
+from genmedseg.folders import EvaluationFolder
 from genmedseg.metrics import METRIC_NAMES
+from genmedseg.report.common import BLUE, ORANGE, SKY_BLUE, VERMILLION, horizontal, new_figure, png_img, read_json
 
-REPORT_NAME = "report.html"
-CURVES_NAME = "curves.png"
-TRAIN_SUMMARY_NAME = "train_summary.json"  # written by genmedseg.engine.training (not imported: it needs Lightning)
-EVALUATION_SUMMARY_NAME = "summary.json"
-METRICS_NAME = "metrics.csv"
-
-# Okabe-Ito colours.
-BLUE, ORANGE, SKY_BLUE, GREEN, VERMILLION, PURPLE, YELLOW = (
-    "#0072B2", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#F0E442",
-)
 GROUND_TRUTH_STYLE = {"colors": SKY_BLUE, "linestyles": "solid"}
 PREDICTION_STYLE = {"colors": ORANGE, "linestyles": "dashed"}
-
 _METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)"}
-_VERSION_FOLDER = re.compile(r"version_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -61,12 +41,10 @@ class _Case:
     hd95: float
     gt_empty: bool
     pred_empty: bool
+    pred_full: bool = False
 
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
-
-
-# --------------------------------------------------------------------------------------------------- evaluation page
 
 
 def write_report(
@@ -80,16 +58,16 @@ def write_report(
     """Write ``evaluation_dir/report.html`` and return its path.
 
     ``evaluation_dir`` is what ``genmedseg evaluate`` wrote (``metrics.csv``, ``summary.json``, ``masks/``,
-    ``probabilities/``). Images and ground truth are read from ``data_root``, by default the dataset recorded in
+    ``probabilities/`` and a folder per extra map named in ``summary.json``). Images and ground truth are read from ``data_root``, by default the dataset recorded in
     ``summary.json`` (give ``data_root`` if it has moved; ``split_file`` if the folder holds several split files).
     ``n_cases`` overlays are drawn for each of the worst, median and best cases by Dice (ties broken by name); with
     ``3 * n_cases`` images or fewer, every image is drawn once. Numbers are shown with ``digits`` decimals.
     """
     if n_cases < 0:
         raise ConfigError(f"n_cases must be 0 or more, got {n_cases}")
-    evaluation_dir = Path(evaluation_dir)
-    summary = _read_evaluation_summary(evaluation_dir / EVALUATION_SUMMARY_NAME)
-    cases = _read_metrics(evaluation_dir / METRICS_NAME)
+    folder = EvaluationFolder(Path(evaluation_dir))
+    summary = _read_evaluation_summary(folder.summary)
+    cases = _read_metrics(folder.metrics)
     hint = ("check the data_root you gave" if data_root else
             "the dataset recorded in summary.json is used; pass data_root (--data) if it has moved")
     pairs = _dataset_pairs(Path(data_root or summary["data"]), split_file, [case.name for case in cases], hint)
@@ -101,18 +79,18 @@ def write_report(
     sections = [
         ("summary", "summary", _summary_section(summary, digits)),
         ("distributions", "distributions",
-         _png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95")),
+         png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95")),
         ("size", "Dice against lesion size",
-         _png_img(_size_figure(cases, lesion_fraction), dpi, "Dice against the ground-truth foreground fraction")),
-        ("cases", "cases", _cases_section(groups, by_name, pairs, evaluation_dir, lesion_fraction, digits, dpi)),
-        ("metrics", f"per-image metrics ({METRICS_NAME})",
+         png_img(_size_figure(cases, lesion_fraction), dpi, "Dice against the ground-truth foreground fraction")),
+        ("cases", "cases", _cases_section(groups, by_name, pairs, folder, summary.get("maps", []), lesion_fraction,
+                                          digits, dpi)),
+        ("metrics", f"per-image metrics ({folder.metrics.name})",
          _metrics_section(cases, lesion_fraction, figure_ids, digits)),
     ]
     title = f"{_model_label(summary['model'])} on {Path(summary['data']).name} ({summary['split']})"
     page = _page(title, sections)
-    path = evaluation_dir / REPORT_NAME
-    atomic_write(path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
-    return path
+    atomic_write(folder.report, lambda temporary: temporary.write_text(page, encoding="utf-8"))
+    return folder.report
 
 
 def select_cases(dice_by_name: Mapping[str, float], n_cases: int) -> list[tuple[str, list[str]]]:
@@ -137,18 +115,6 @@ def _model_label(model: str) -> str:
     return folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
 
 
-def _read_json(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error}); {fix}") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}; {fix}")
-    return value
-
-
 def _read_metrics(path: Path) -> list[_Case]:
     fix = "run `genmedseg evaluate` again to rewrite it"
     try:
@@ -161,12 +127,12 @@ def _read_metrics(path: Path) -> list[_Case]:
     try:
         return [
             _Case(row["name"], float(row["dice"]), float(row["iou"]), float(row["hd95"]),
-                  _flag(row["gt_empty"]), _flag(row["pred_empty"]))
+                  _flag(row["gt_empty"]), _flag(row["pred_empty"]), _flag(row.get("pred_full") or "False"))
             for row in rows
         ]
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path}: unexpected content ({type(error).__name__}: {error}); the columns must be "
-                        f"name,dice,iou,hd95,gt_empty,pred_empty; {fix}") from None
+                        f"name,dice,iou,hd95,gt_empty,pred_empty(,pred_full); {fix}") from None
 
 
 def _flag(text: str) -> bool:
@@ -179,7 +145,7 @@ def _flag(text: str) -> bool:
 
 def _read_evaluation_summary(path: Path) -> dict[str, Any]:
     fix = "run `genmedseg evaluate RUN --data DIR --out EVAL` (again)"
-    summary = _read_json(path, fix)
+    summary = read_json(path, fix)
     missing = [key for key in (*METRIC_NAMES, "n_gt_empty", "n_pred_empty", "model", "data", "split")
                if key not in summary]
     if missing:
@@ -202,28 +168,9 @@ def _dataset_pairs(
     return pairs
 
 
-# ----------------------------------------------------------------------------------------------------- figures
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png_bytes(figure: Any, dpi: int) -> bytes:
-    buffer = io.BytesIO()
-    # No "Software" text chunk: it holds matplotlib's web address, and the page must not name any.
-    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def _distribution_figure(cases: Sequence[_Case]) -> Any:
     """Histogram (top) and box plot (bottom) of each metric, the mean marked."""
-    figure = _new_figure(11, 4.2)
+    figure = new_figure(11, 4.2)
     grid = figure.add_gridspec(2, len(METRIC_NAMES), height_ratios=(3, 1))
     for column, name in enumerate(METRIC_NAMES):
         values = np.array([case.metric(name) for case in cases])
@@ -236,23 +183,15 @@ def _distribution_figure(cases: Sequence[_Case]) -> Any:
         histogram.set_ylabel("images")
         histogram.legend(loc="upper center" if name in ("dice", "iou") else "upper right", frameon=False)
         box = figure.add_subplot(grid[1, column], sharex=histogram)
-        box.boxplot(values, widths=0.6, medianprops={"color": VERMILLION, "linewidth": 2}, **_horizontal())
+        box.boxplot(values, widths=0.6, medianprops={"color": VERMILLION, "linewidth": 2}, **horizontal())
         box.set_yticks([])
         box.set_xlabel(_METRIC_LABELS[name])
         histogram.tick_params(labelbottom=False)
     return figure
 
 
-def _horizontal() -> dict[str, Any]:
-    """Keyword of ``Axes.boxplot`` for a horizontal box: ``orientation`` from matplotlib 3.10, ``vert`` before."""
-    import matplotlib
-
-    major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
-    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
-
-
 def _size_figure(cases: Sequence[_Case], lesion_fraction: Mapping[str, float]) -> Any:
-    figure = _new_figure(7.5, 4.2)
+    figure = new_figure(7.5, 4.2)
     axes = figure.add_subplot()
     for empty, colour, marker, label in ((False, BLUE, "o", "images"), (True, VERMILLION, "x", "empty ground truth")):
         chosen = [case for case in cases if case.gt_empty == empty]
@@ -269,18 +208,27 @@ def _size_figure(cases: Sequence[_Case], lesion_fraction: Mapping[str, float]) -
 
 
 def _case_figure(
-    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, probability: np.ndarray, panel_width: float = 2.8
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    probability: np.ndarray,
+    maps: Mapping[str, np.ndarray] | None = None,
+    panel_width: float = 2.8,
 ) -> Any:
-    """Image; image with the ground-truth and predicted outlines; probability map. Arrays may differ in size."""
+    """Image; image with the ground-truth and predicted outlines; probability map; each extra map (e.g.
+    uncertainty). Arrays may differ in size."""
     from matplotlib.lines import Line2D
 
+    maps = dict(maps or {})
     height, width = image.shape[:2]
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # every array is stretched onto the image's pixel grid
-    # Three panels side by side fill ``width`` inches; very tall or very wide images are letterboxed.
+    # Panels side by side, ``panel_width`` inches each; very tall or very wide images are letterboxed.
     panel_height = min(max(panel_width * height / width, 0.5 * panel_width), 1.4 * panel_width)
-    figure = _new_figure(3 * panel_width + 0.9, panel_height + 0.9)
-    image_axes, outline_axes, probability_axes = figure.subplots(1, 3)
-    for axes, title in ((image_axes, "image"), (outline_axes, "outlines"), (probability_axes, "probability")):
+    panels = 3 + len(maps)
+    figure = new_figure(panels * panel_width + 0.9 * (1 + len(maps)), panel_height + 0.9)
+    image_axes, outline_axes, probability_axes, *map_axes = figure.subplots(1, panels)
+    titles = ("image", "outlines", "probability", *maps)
+    for axes, title in zip((image_axes, outline_axes, probability_axes, *map_axes), titles):
         axes.set_title(title)
         axes.set_axis_off()
     image_axes.imshow(image, extent=extent)
@@ -297,6 +245,10 @@ def _case_figure(
     shown = probability_axes.imshow(probability, extent=extent, cmap="viridis", vmin=0.0, vmax=1.0,
                                     interpolation="nearest")
     figure.colorbar(shown, ax=probability_axes, shrink=0.85, label="foreground probability")
+    for axes, (name, values) in zip(map_axes, maps.items()):
+        shown = axes.imshow(values, extent=extent, cmap="magma", vmin=0.0, vmax=max(float(values.max()), 1e-6),
+                            interpolation="nearest")
+        figure.colorbar(shown, ax=axes, shrink=0.85, label=name)
     figure.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
     return figure
 
@@ -313,9 +265,6 @@ def _draw_outline(axes: Any, mask: np.ndarray, image_shape: tuple[int, int], sty
     outline.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="black")])
 
 
-# --------------------------------------------------------------------------------------------------- HTML parts
-
-
 def _anchor(kind: str, name: str) -> str:
     # Percent-encoding keeps ids free of spaces and quotes; the same string is used in the id and in the link.
     return f"{kind}-{quote(name, safe='-_.~')}"
@@ -323,15 +272,6 @@ def _anchor(kind: str, name: str) -> str:
 
 def _number(value: float, digits: int) -> str:
     return f"{value:.{digits}f}"
-
-
-def _png_img(figure: Any, dpi: int, alt: str) -> str:
-    from PIL import Image
-
-    png = _png_bytes(figure, dpi)
-    width, height = Image.open(io.BytesIO(png)).size
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" alt="{html.escape(alt)}">'
 
 
 def _summary_section(summary: Mapping[str, Any], digits: int) -> str:
@@ -346,10 +286,13 @@ def _summary_section(summary: Mapping[str, Any], digits: int) -> str:
     details = [
         ("n_gt_empty", "images with an empty ground truth", str(summary["n_gt_empty"])),
         ("n_pred_empty", "images with an empty prediction", str(summary["n_pred_empty"])),
+        ("n_pred_full", "images predicted foreground everywhere", str(summary.get("n_pred_full", 0))),
         ("model", "model", summary["model"]),
         ("data", "data", summary["data"]),
         ("split", "split", summary["split"]),
-        ("resolution", "resolution", summary.get("resolution", "native")),
+        ("resolution", "metric grid", summary.get("resolution", "native")),
+        ("prompts", "prompts", summary.get("prompts") or "none"),
+        ("sampling", "sampling", ", ".join(f"{k}={v}" for k, v in (summary.get("sampling") or {}).items()) or "none"),
     ]
     detail_rows = "".join(
         f'<tr><th>{label}</th><td id="summary-{key}">{html.escape(str(value))}</td></tr>'
@@ -369,7 +312,8 @@ def _cases_section(
     groups: list[tuple[str, list[str]]],
     by_name: Mapping[str, _Case],
     pairs: Mapping[str, tuple[Path, Path]],
-    evaluation_dir: Path,
+    folder: EvaluationFolder,
+    map_names: Sequence[str],
     lesion_fraction: Mapping[str, float],
     digits: int,
     dpi: int,
@@ -388,19 +332,26 @@ def _cases_section(
             figure = _case_figure(
                 read_image(image_path),
                 read_mask(mask_path),
-                read_mask(_evaluation_file(evaluation_dir, "masks", name)),
-                read_probability_png(_evaluation_file(evaluation_dir, "probabilities", name)),
+                read_mask(_evaluation_file(folder.masks, name)),
+                read_probability_png(_evaluation_file(folder.probabilities, name)),
+                {map_name: read_probability_png(_evaluation_file(folder.map_folder(map_name), name))
+                 for map_name in map_names},
             )
-            parts.append(_case_block(case, lesion_fraction[name], digits,
-                                     _png_img(figure, dpi, f"{name}: image, outlines and probability map")))
+            shown = ", ".join(("image, outlines and probability map", *map_names))
+            parts.append(_case_block(case, lesion_fraction[name], digits, png_img(figure, dpi, f"{name}: {shown}")))
     return "\n".join(parts)
 
 
-def _evaluation_file(evaluation_dir: Path, folder: str, name: str) -> Path:
-    path = evaluation_dir / folder / f"{name}.png"
+def _evaluation_file(folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
     if not path.is_file():
         raise DataError(f"{path}: not found although metrics.csv lists {name!r}; run `genmedseg evaluate` again")
     return path
+
+
+def _prediction_flag(case: _Case) -> str:
+    """``empty`` or ``full`` (foreground everywhere): the two trivial answers of a stuck model."""
+    return "empty" if case.pred_empty else "full" if case.pred_full else ""
 
 
 def _case_block(case: _Case, fraction: float, digits: int, img: str) -> str:
@@ -410,7 +361,7 @@ def _case_block(case: _Case, fraction: float, digits: int, img: str) -> str:
         ("IoU", _number(case.iou, digits)),
         ("HD95", _number(case.hd95, digits) + " px"),
         ("lesion", "empty" if case.gt_empty else f"{100.0 * fraction:.2f} %"),
-        ("prediction", "empty" if case.pred_empty else "not empty"),
+        ("prediction", _prediction_flag(case) or "not empty"),
     ]
     rows = "".join(f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in facts)
     return (
@@ -430,7 +381,7 @@ def _metrics_section(
             f'<tr id="{_anchor("case", case.name)}"><td>{shown}</td>'
             + "".join(f'<td class="num">{_number(case.metric(metric), digits)}</td>' for metric in METRIC_NAMES)
             + f'<td class="num">{100.0 * lesion_fraction[case.name]:.2f}</td>'
-            f"<td>{'empty' if case.gt_empty else ''}</td><td>{'empty' if case.pred_empty else ''}</td></tr>"
+            f"<td>{'empty' if case.gt_empty else ''}</td><td>{_prediction_flag(case)}</td></tr>"
         )
     return (
         '<p class="note">Linked names have a figure above.</p>'
@@ -481,203 +432,3 @@ def _page(title: str, sections: Iterable[tuple[str, str, str]]) -> str:
         f"<h1>Evaluation: {html.escape(title)}</h1>\n<nav>{navigation}</nav>\n{body}\n"
         f"<script>{_MARK_LOADED}</script>\n</body></html>\n"
     )
-
-
-# ------------------------------------------------------------------------------------------------ training curves
-
-
-@dataclass
-class TrainingLog:
-    """Per-epoch values from a run's CSV logs (``logs/version_*/metrics.csv``), resumed sessions merged.
-
-    ``values[epoch][column]`` is the last non-empty value of that column in that epoch; when several sessions logged
-    the same epoch, the later session's epoch replaces the earlier one entirely. ``resumed_at`` holds the first
-    epoch of every session after the first.
-    """
-
-    values: dict[int, dict[str, float]] = field(default_factory=dict)
-    resumed_at: list[int] = field(default_factory=list)
-
-
-def read_training_log(run_dir: str | os.PathLike) -> TrainingLog:
-    """Merge the Lightning CSV logs of ``run_dir``, in version order (``version_10`` after ``version_9``)."""
-    log = TrainingLog()
-    for index, path in enumerate(_log_files(Path(run_dir))):
-        session = _read_log_file(path)
-        if not session:
-            continue
-        if index and log.values:
-            log.resumed_at.append(min(session))
-        log.values.update(session)
-    log.values = dict(sorted(log.values.items()))
-    return log
-
-
-def _log_files(run_dir: Path) -> list[Path]:
-    folders = []
-    for folder in (run_dir / "logs").glob("version_*"):
-        match = _VERSION_FOLDER.match(folder.name)
-        if match and (folder / "metrics.csv").is_file():
-            folders.append((int(match.group(1)), folder / "metrics.csv"))
-    return [path for _, path in sorted(folders)]
-
-
-def _read_log_file(path: Path) -> dict[int, dict[str, float]]:
-    epochs: dict[int, dict[str, float]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            epoch_text = (row.get("epoch") or "").strip()
-            if not epoch_text:
-                continue
-            try:
-                epoch = int(float(epoch_text))
-                values = {key: float(text) for key, text in row.items()
-                          if key not in ("epoch", "step") and text is not None and text.strip()}
-            except (TypeError, ValueError) as error:
-                raise DataError(f"{path}, line {line}: not a number ({error}); the log is damaged") from None
-            epochs.setdefault(epoch, {}).update(values)
-    return epochs
-
-
-def plot_training_curves(run_dir: str | os.PathLike, dpi: int = 100) -> Path | None:
-    """Write ``run_dir/curves.png``: loss parts and validation Dice per epoch; None if the run has no logs yet.
-
-    The loss axis is logarithmic when the plotted values span more than a factor of ten; dotted lines mark where a
-    resumed session started.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    run_dir = Path(run_dir)
-    log = read_training_log(run_dir)
-    if not log.values:
-        return None
-    figure = _new_figure(11, 4)
-    loss_axes, dice_axes = figure.subplots(1, 2)
-    _plot_losses(loss_axes, log.values)
-    _plot_validation_dice(dice_axes, log.values)
-    for axes in (loss_axes, dice_axes):
-        axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(alpha=0.3)
-        for number, epoch in enumerate(log.resumed_at):
-            axes.axvline(epoch - 0.5, color="grey", linestyle=":", label="resumed" if number == 0 else None)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(frameon=False, loc="lower right" if axes is dice_axes else "upper right")
-    path = run_dir / CURVES_NAME
-    png = _png_bytes(figure, dpi)
-    atomic_write(path, lambda temporary: temporary.write_bytes(png))
-    return path
-
-
-def _plot_losses(axes: Any, values: Mapping[int, Mapping[str, float]], log_range: float = 10.0) -> None:
-    columns = sorted({key for row in values.values() for key in row if key.startswith("train_")},
-                     key=lambda key: (key != "train_loss", key))
-    colours = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW)
-    plotted = []
-    for number, column in enumerate(columns):
-        epochs = [epoch for epoch, row in values.items() if column in row]
-        losses = [values[epoch][column] for epoch in epochs]
-        plotted.extend(losses)
-        axes.plot(epochs, losses, color=colours[number % len(colours)],
-                  linewidth=2.5 if column == "train_loss" else 1.5, label=column.removeprefix("train_"))
-    if plotted and min(plotted) > 0 and max(plotted) > log_range * min(plotted):
-        axes.set_yscale("log")
-    axes.set_title("training loss and its parts")
-
-
-def _plot_validation_dice(axes: Any, values: Mapping[int, Mapping[str, float]]) -> None:
-    epochs = [epoch for epoch, row in values.items() if "val_dice" in row]
-    axes.set_title("validation Dice")
-    axes.set_ylim(0.0, 1.0)
-    if not epochs:
-        axes.text(0.5, 0.5, "no validation Dice logged", ha="center", va="center", transform=axes.transAxes)
-        return
-    dice = [values[epoch]["val_dice"] for epoch in epochs]
-    axes.plot(epochs, dice, color=BLUE, marker="o", markersize=3, label="validation Dice")
-    best = int(np.argmax(dice))
-    axes.plot([epochs[best]], [dice[best]], linestyle="none", marker="*", markersize=14, color=VERMILLION,
-              label=f"best {dice[best]:.4f} (epoch {epochs[best]})")
-
-
-# ------------------------------------------------------------------------------------------------------ runs table
-
-
-def runs_table(run_dirs: Sequence[str | os.PathLike], evaluations: Sequence[str | os.PathLike] = ()) -> str:
-    """Plain-text table of runs side by side, one line per run folder.
-
-    Columns: run, model, data (folder name), epochs (done/planned), best validation Dice, test Dice, trainable
-    parameters, training time. The test Dice is the mean Dice of an evaluation of the run's model on the ``test``
-    split of the run's own dataset, looked up in the ``summary.json`` of ``evaluations`` (folders or files), of
-    ``RUN/*/`` and of ``RUN/../*/``; the newest wins; "-" when there is none. A run folder without
-    ``train_summary.json`` is listed as unfinished.
-    """
-    explicit = [_summary_path(Path(entry)) for entry in evaluations]
-    header = ("run", "model", "data", "epochs", "best val Dice", "test Dice", "parameters", "time")
-    lines = [header]
-    for run_dir in map(Path, run_dirs):
-        if not (run_dir / TRAIN_SUMMARY_NAME).is_file():
-            lines.append((str(run_dir), "-", "-", "unfinished", "-", "-", "-", "-"))
-            continue
-        summary = _read_json(run_dir / TRAIN_SUMMARY_NAME, "it is rewritten when training finishes (--resume)")
-        candidates = explicit + sorted(run_dir.glob(f"*/{EVALUATION_SUMMARY_NAME}")) + sorted(
-            run_dir.parent.glob(f"*/{EVALUATION_SUMMARY_NAME}"))
-        test = _test_dice(run_dir, summary.get("data"), candidates)
-        best = summary.get("best_val_dice")
-        parameters = summary.get("trainable_parameters")
-        seconds = summary.get("train_seconds")
-        lines.append((
-            str(run_dir),
-            str(summary.get("model", "-")),
-            Path(summary["data"]).name if summary.get("data") else "-",
-            f"{summary.get('epochs_done', '-')}/{summary.get('epochs', '-')}",
-            "-" if best is None else f"{best:.4f}",
-            "-" if test is None else f"{test:.4f}",
-            "-" if parameters is None else f"{parameters:,}",
-            "-" if seconds is None else _duration(seconds),
-        ))
-    return _text_table(lines, right_aligned={3, 4, 5, 6, 7})
-
-
-def _summary_path(entry: Path) -> Path:
-    path = entry / EVALUATION_SUMMARY_NAME if entry.is_dir() else entry
-    if not path.is_file():
-        raise DataError(f"{entry}: no evaluation here (expected {path}); give evaluation folders written by "
-                        "`genmedseg evaluate`")
-    return path
-
-
-def _test_dice(run_dir: Path, run_data: str | None, candidates: Iterable[Path]) -> float | None:
-    """Mean test Dice of the newest evaluation of this run's model on its own dataset, if any."""
-    run_root = run_dir.resolve()
-    found = []
-    for path in dict.fromkeys(path.resolve() for path in candidates):
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-            model, data, dice = Path(summary["model"]), summary.get("data"), float(summary["dice"]["mean"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a summary.json of something else: not an evaluation
-        same_data = run_data is None or data is None or Path(data).resolve() == Path(run_data).resolve()
-        if summary.get("split") == "test" and same_data and model.resolve().is_relative_to(run_root):
-            found.append((path.stat().st_mtime, str(path), dice))
-    return max(found)[2] if found else None
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _text_table(lines: Sequence[Sequence[str]], right_aligned: set[int]) -> str:
-    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-
-    def render(line: Sequence[str]) -> str:
-        return "  ".join(
-            cell.rjust(width) if column in right_aligned else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(lines[0]), rule, *(render(line) for line in lines[1:])])

@@ -1,0 +1,41 @@
+"""``genmedseg env``: the versions and devices a bug report needs."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ("genmedseg", "torch", "lightning", "monai", "diffusers", "huggingface_hub", "safetensors", "ptwt",
+            "PyWavelets", "numpy", "scipy", "pillow", "matplotlib")
+VARIABLES = ("GENMEDSEG_VAE", "GENMEDSEG_SD_VAE", "HF_HUB_OFFLINE", "HF_HOME", "CUDA_VISIBLE_DEVICES",
+             "OMP_NUM_THREADS")
+
+
+def describe_environment() -> str:
+    """Python, platform, package versions, torch's devices and threads, and the variables genmedseg reads."""
+    import torch
+
+    lines = [f"python      {platform.python_version()} ({platform.python_implementation()})",
+             f"platform    {platform.platform()}"]
+    for package in PACKAGES:
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        lines.append(f"{package:11s} {version}")
+    lines.append(f"threads     {torch.get_num_threads()} (CPU cores: {os.cpu_count()})")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            lines.append(f"cuda:{index}      {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
+                         f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    else:
+        lines.append("cuda        not available (torch build: " + ("CPU only" if torch.version.cuda is None
+                                                                   else f"CUDA {torch.version.cuda}") + ")")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        lines.append("mps         available")
+    for variable in VARIABLES:
+        if variable in os.environ:
+            lines.append(f"${variable} = {os.environ[variable]}")
+    return "\n".join(lines)
