@@ -1,15 +1,17 @@
-"""Accuracy for a fixed compute budget: train each model variant on a dataset, evaluate the test split.
+"""Accuracy at equal training: every variant trains the same number of epochs, over several seeds.
 
-Every variant gets the same wall-clock training budget on the same machine. The number of epochs is chosen from a
-short timing of the variant's own training step so that its warm-up + cosine schedule ends inside the budget
-(Lightning's ``max_time`` is a hard cap on top). Checkpoints are selected on the validation split; the test split
-is touched once, at the end. Each variant runs in its own process, so peak memory is its own.
+For each variant and seed: train (checkpoints selected on the validation split), record the validation score of
+every epoch against optimiser steps and wall time, evaluate the test split once at native resolution with the
+variant's evaluation settings (prompts, sampling), time inference. Each (variant, seed) runs in its own process, so
+its peak memory is its own. The table gives means over seeds with 95 % t-intervals; the figure draws validation
+Dice against steps and against wall time. Epoch counts are equal, not wall-clock budgets: wall time swings with the
+machine's load, steps do not.
 
-    python benchmarks/accuracy.py --data ../shared/data/glas --image-size 128 --minutes 6 \\
-        --variants wave-gms,wave-gms[sft],wave-gms[tiny-vae],wave-gms[tiny-vae+sft],unet \\
-        --out benchmarks/results/accuracy-glas-128
+    python benchmarks/accuracy.py --data ../shared/data/glas --image-size 128 --epochs 10 --seeds 0,1,2 \\
+        --variants wave-gms,unet --out benchmarks/results/accuracy-glas-128
 
-writes ``<out>.csv`` and ``<out>.md`` (and keeps the runs and evaluations under ``<out>/``).
+writes ``<out>.csv`` (one row per variant and seed), ``<out>.curves.json``, ``<out>.md`` and ``<out>.png``, and keeps
+the runs and evaluations under ``<out>/``. Rows of earlier runs into the same table are kept unless rerun.
 """
 
 from __future__ import annotations
@@ -23,117 +25,278 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
+from scipy import stats
 
-from genmedseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from genmedseg.data import discover, read_image
 from genmedseg.engine.inference import evaluate, load
 from genmedseg.engine.training import fit
-from genmedseg.models.registry import create_model
-from variants import NAMES, resolve
+from genmedseg.models.registry import default_run_config
+from genmedseg.prompts import prompt_source
+from variants import NAMES, resolve_variant
 
-COLUMNS = ("variant", "data", "image_size", "trainable_parameters", "epochs", "steps", "train_seconds",
-           "seconds_per_step", "best_val_dice", "test_dice", "test_dice_std", "test_iou", "test_hd95", "n_test",
-           "inference_images_per_second", "peak_rss_mb")
-
-
-def seconds_per_step(model_name: str, options: dict, vae: str | None, image_size: int, batch_size: int) -> float:
-    """Median time of a few optimiser steps on random data of the benchmark's shape (after one warm-up step)."""
-    torch.manual_seed(0)
-    method = create_model(model_name, vae=vae, **options).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
-    batch = {
-        "image": torch.rand(batch_size, 3, image_size, image_size).contiguous(memory_format=torch.channels_last),
-        "mask": (torch.rand(batch_size, 1, image_size, image_size) > 0.5).float(),
-    }
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        method.training_loss(batch)["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - started)
-    return sorted(times[1:])[0]
+COLUMNS = (
+    "variant",
+    "seed",
+    "data",
+    "image_size",
+    "trainable_parameters",
+    "parameters",
+    "epochs",
+    "steps",
+    "train_seconds",
+    "seconds_per_step",
+    "best_val",
+    "test_dice",
+    "test_iou",
+    "test_hd95",
+    "n_test",
+    "inference_seconds_per_image",
+    "peak_rss_mb",
+)
 
 
-def inference_speed(run_dir: Path, data: str, split: str, batch_size: int = 12) -> float:
-    """Images per second of ``predict_proba`` at the model's input size (images already in memory)."""
+class CurveRecorder(L.Callback):
+    """Validation score, optimiser steps and training wall time (validation excluded) after every validation."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.training = 0.0
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training += time.perf_counter() - self._started
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(pl_module.monitored)
+        if value is not None:
+            self.rows.append(
+                {
+                    "epoch": trainer.current_epoch + 1,
+                    "step": trainer.global_step,
+                    "seconds": round(self.training + time.perf_counter() - self._started, 2),
+                    "value": float(value),
+                }
+            )
+
+
+def inference_seconds(run_dir: Path, data: str, sampling: dict[str, Any], count: int = 4) -> float:
+    """Seconds per image of the model on ``count`` test images at once (in memory), after one warm-up call."""
     segmenter = load(run_dir)
     index = discover(data)
-    images = [read_image(index.pairs[name][0]) for name in index.splits[split][:batch_size]]
-    segmenter.predict_proba_batch(images)
+    images = [read_image(index.pairs[name][0]) for name in index.splits["test"][:count]]
+    segmenter.predict_batch(images[:1], sampling=sampling)
     started = time.perf_counter()
-    segmenter.predict_proba_batch(images)
-    return len(images) / (time.perf_counter() - started)
+    segmenter.predict_batch(images, sampling=sampling)
+    return (time.perf_counter() - started) / len(images)
 
 
-def run_variant(variant: str, args: argparse.Namespace, folder: Path) -> dict:
-    """Train, evaluate and time one variant; returns its row."""
-    model_name, options = resolve(variant)
-    vae = args.vae if model_name != "unet" else None
-    index = discover(args.data, val_fraction=0.1, seed=0)
-    steps_per_epoch = max(1, len(index.splits["train"]) // args.batch_size)
-    step = seconds_per_step(model_name, options, vae, args.image_size, args.batch_size)
-    # 10% for validation passes and data loading.
-    epochs = max(1, int(args.minutes * 60 / (1.1 * step * steps_per_epoch)))
-    config = RunConfig(
-        data=DataConfig(root=args.data, image_size=args.image_size),
-        model=ModelConfig(name=model_name, vae=vae, options=options),
-        train=TrainConfig(epochs=epochs, batch_size=args.batch_size, warmup_epochs=max(1, epochs // 20),
-                          accelerator="cpu", max_minutes=args.minutes * 1.05),
+def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Train, evaluate and time one variant with one seed; returns its row (the curve under ``curve``)."""
+    variant = resolve_variant(variant_name)
+    config = default_run_config(variant.model)
+    config.override("data", root=args.data, image_size=args.image_size)
+    config.override(
+        "model",
+        pretrained={"vae": args.vae} if args.vae and "vae" in _parts(variant.model) else {},
+        options=variant.options,
     )
-    run_dir = folder / variant
-    summary = fit(config, run_dir, enable_progress_bar=False)
-    results = evaluate(run_dir, args.data, folder / f"{variant}-evaluation", split="test")
+    config.override(
+        "train",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=seed,
+        accelerator="cpu",
+        preview_every=0,
+        **variant.train,
+    )
+    run_dir = folder / f"{variant_name}-s{seed}"
+    recorder = CurveRecorder()
+    summary = fit(config, run_dir, callbacks=[recorder], enable_progress_bar=False)
+    prompts = prompt_source(variant.prompts) if variant.prompts else None
+    results = evaluate(
+        run_dir,
+        args.data,
+        folder / f"{variant_name}-s{seed}-test",
+        split="test",
+        prompts=prompts,
+        sampling=variant.sampling,
+    )
     return {
-        "variant": variant,
+        "variant": variant_name,
+        "seed": seed,
         "data": Path(args.data).name,
         "image_size": args.image_size,
         "trainable_parameters": summary["trainable_parameters"],
+        "parameters": summary["parameters"],
         "epochs": summary["epochs_done"],
         "steps": summary["steps"],
-        "train_seconds": round(summary["train_seconds"], 1),
-        "seconds_per_step": round(summary["train_seconds"] / max(1, summary["steps"]), 3),
-        "best_val_dice": round(summary["best_val_dice"], 4),
+        "train_seconds": round(recorder.training, 1),
+        "seconds_per_step": round(recorder.training / max(1, summary["steps"]), 3),
+        "best_val": round(summary["best_val"]["value"], 4),
         "test_dice": round(results["dice"]["mean"], 4),
-        "test_dice_std": round(results["dice"]["std"], 4),
         "test_iou": round(results["iou"]["mean"], 4),
         "test_hd95": round(results["hd95"]["mean"], 2),
         "n_test": results["dice"]["n"],
-        "inference_images_per_second": round(inference_speed(run_dir, args.data, "test"), 2),
+        "inference_seconds_per_image": round(inference_seconds(run_dir, args.data, variant.sampling), 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        "curve": recorder.rows,
     }
 
 
+def _parts(model: str) -> tuple[str, ...]:
+    from genmedseg.models.registry import get_model_class
+
+    return tuple(get_model_class(model).pretrained_parts)
+
+
+def interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the two-sided t confidence interval (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    if array.size < 2:
+        return float(array.mean()), 0.0
+    half = stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size)
+    return float(array.mean()), float(half)
+
+
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def write_tables(rows: list[dict], out: Path, args: argparse.Namespace) -> None:
+def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: argparse.Namespace) -> None:
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
+    out.with_suffix(".curves.json").write_text(json.dumps(curves, indent=1) + "\n")
     lines = [
-        f"# Accuracy for a fixed budget: {Path(args.data).name} at {args.image_size}x{args.image_size}",
+        f"# Accuracy at equal training: {Path(args.data).name} at {args.image_size}x{args.image_size}",
         "",
-        f"{args.minutes:g} min of training per variant, batch {args.batch_size}, on {machine()}.",
+        f"{args.epochs} epochs per run, batch {args.batch_size}, seeds {args.seeds}, on {machine()}.",
+        "Means over seeds with 95 % t-intervals; test metrics at native resolution, checkpoint selected on validation.",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
-        "| variant | trainable params | epochs (steps) | s/step | best val Dice | test Dice | test IoU | test HD95 px "
-        "| infer img/s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | trainable / total params | seeds | steps | train s/step | best val | test Dice | test IoU "
+        "| test HD95 px | infer s/image | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for name in dict.fromkeys(row["variant"] for row in rows):
+        group = [row for row in rows if row["variant"] == name]
+
+        def cell(key: str, digits: int, group: list[dict] = group) -> str:
+            mean, half = interval([row[key] for row in group])
+            return f"{mean:.{digits}f} ± {half:.{digits}f}" if len(group) > 1 else f"{mean:.{digits}f}"
+
+        first = group[0]
         lines.append(
-            f"| {r['variant']} | {r['trainable_parameters']:,} | {r['epochs']} ({r['steps']}) | {r['seconds_per_step']} "
-            f"| {r['best_val_dice']} | {r['test_dice']} ± {r['test_dice_std']} | {r['test_iou']} | {r['test_hd95']} "
-            f"| {r['inference_images_per_second']} | {r['peak_rss_mb']:.0f} |"
+            f"| {name} | {first['trainable_parameters']:,} / {first['parameters']:,} | {len(group)} "
+            f"| {first['steps']} | {cell('seconds_per_step', 3)} | {cell('best_val', 4)} | {cell('test_dice', 4)} "
+            f"| {cell('test_iou', 4)} | {cell('test_hd95', 1)} | {cell('inference_seconds_per_image', 3)} "
+            f"| {max(row['peak_rss_mb'] for row in group):.0f} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot_curves(curves, out.with_suffix(".png"), f"{Path(args.data).name} {args.image_size}²")
+
+
+def plot_curves(curves: dict[str, list], path: Path, title: str) -> None:
+    """Validation score of every run against optimiser steps (left) and training seconds (right)."""
+    from genmedseg.report.common import BLUE, GREEN, ORANGE, PURPLE, SKY_BLUE, VERMILLION, YELLOW, new_figure, png_bytes
+
+    colours = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW)
+    figure = new_figure(11, 4)
+    step_axes, time_axes = figure.subplots(1, 2, sharey=True)
+    variants = list(dict.fromkeys(key.rsplit("-s", 1)[0] for key in curves))
+    labelled: set[str] = set()
+    for key, rows in curves.items():
+        variant = key.rsplit("-s", 1)[0]
+        colour = colours[variants.index(variant) % len(colours)]
+        label = None if variant in labelled else variant  # one legend entry per variant, not per seed
+        labelled.add(variant)
+        for axes, x in ((step_axes, "step"), (time_axes, "seconds")):
+            axes.plot(
+                [row[x] for row in rows],
+                [row["value"] for row in rows],
+                color=colour,
+                alpha=0.8,
+                marker="o",
+                markersize=2,
+                label=label if axes is step_axes else None,
+            )
+    step_axes.set_xlabel("optimiser steps")
+    time_axes.set_xlabel("training seconds")
+    step_axes.set_ylabel("validation score")
+    for axes in (step_axes, time_axes):
+        axes.grid(alpha=0.3)
+    step_axes.legend(frameon=False)
+    figure.suptitle(title)
+    png = png_bytes(figure, 100)
+    path.write_bytes(png)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--variants", default="wave-gms,unet", help=f"comma-separated, from {', '.join(NAMES)}")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of every run")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (weights, shuffling, augmentation)")
+    parser.add_argument("--vae", default=None, help="frozen VAE (default: GENMEDSEG_VAE)")
+    parser.add_argument("--out", required=True, help="output prefix (<out>.csv, .md, .png, .curves.json, <out>/)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.one:
+        variant, seed = args.one.rsplit(":", 1)
+        print("ROW " + json.dumps(run_one(variant, int(seed), args, out)))
+        return
+    jobs = [(variant, int(seed)) for variant in args.variants.split(",") for seed in args.seeds.split(",")]
+    for variant, _ in jobs:
+        resolve_variant(variant)
+    rows, curves = [], {}
+    if out.with_suffix(".csv").is_file():
+        with out.with_suffix(".csv").open() as handle:
+            rows = [row for row in csv.DictReader(handle) if (row["variant"], int(row["seed"])) not in jobs]
+        rows = [{key: _number(value) for key, value in row.items()} for row in rows]
+        kept = {f"{row['variant']}-s{row['seed']}" for row in rows}
+        if out.with_suffix(".curves.json").is_file():
+            curves = {
+                key: value
+                for key, value in json.loads(out.with_suffix(".curves.json").read_text()).items()
+                if key in kept
+            }
+    for variant, seed in jobs:
+        # A process per run, so that its peak memory is its own.
+        result = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--one", f"{variant}:{seed}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        line = next((line for line in reversed(result.stdout.splitlines()) if line.startswith("ROW ")), None)
+        if result.returncode or line is None:
+            print(f"{variant} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(line[4:])
+        curves[f"{variant}-s{seed}"] = row.pop("curve")
+        rows.append(row)
+        print(row, flush=True)
+        write_tables(rows, curves, out, args)
 
 
 def _number(text: str) -> int | float | str:
@@ -143,41 +306,6 @@ def _number(text: str) -> int | float | str:
         except ValueError:
             pass
     return text
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--variants", default="wave-gms,unet", help=f"comma-separated, from {', '.join(NAMES)}")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--minutes", type=float, default=6.0, help="training budget per variant")
-    parser.add_argument("--vae", default=None, help="frozen VAE (default: GENMEDSEG_VAE)")
-    parser.add_argument("--out", required=True, help="output prefix (<out>.csv, <out>.md, <out>/ for runs)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    out, folder = Path(args.out), Path(args.out)
-    if args.one:
-        print(json.dumps(run_variant(args.one, args, folder)))
-        return
-    # Rows of earlier runs into the same table are kept unless their variant is run again.
-    variants = args.variants.split(",")
-    rows = []
-    if out.with_suffix(".csv").is_file():
-        with out.with_suffix(".csv").open() as handle:
-            rows = [{key: _number(value) for key, value in row.items()}
-                    for row in csv.DictReader(handle) if row["variant"] not in variants]
-    for variant in variants:
-        resolve(variant)
-        # A process per variant, so that its peak memory is its own.
-        result = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", variant],
-                                capture_output=True, text=True, check=False)
-        if result.returncode:
-            print(f"{variant} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
-        write_tables(rows, out, args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For each model, image size and batch size it measures
 
 * the time of one training step (``training_loss`` + backward + AdamW step, as the trainer runs it),
-* inference images per second (``predict_proba`` under ``torch.inference_mode()`` at the same batch size),
+* inference images per second (``predict`` under ``torch.inference_mode()`` at the same batch size),
 * peak memory: resident set size of a fresh process per configuration on CPU, ``max_memory_allocated`` on CUDA,
 * the FLOPs of one training step and one inference call (``torch.utils.flop_counter.FlopCounterMode``) and the
   FLOP/s achieved, as a fraction of the machine's float32 matmul peak measured in the same run.
@@ -46,8 +46,8 @@ from genmedseg.config import TrainConfig
 from genmedseg.errors import ConfigError, GenMedSegError
 from genmedseg.models.base import MEMORY_FORMAT, SegmentationMethod
 from genmedseg.models.registry import create_model, get_model_class
-from variants import NAMES, resolve
 from genmedseg.vae.loading import TINY_VAE_ENV
+from variants import NAMES, resolve
 
 # Named variants benchmarked as rows of their own: label -> (registered model, constructor options).
 # Methods whose frozen part is a tiny VAE, i.e. those that ``--vae`` weights are for.
@@ -132,7 +132,11 @@ def build_model(label: str, vae: str, seed: int) -> tuple[SegmentationMethod, st
     cls, options = resolve_model(label)
     torch.manual_seed(seed)
     uses_real_vae = bool(vae) and cls.name in TINY_VAE_METHODS
-    model = create_model(cls.name, vae=vae, **options) if uses_real_vae else cls.with_random_weights(**options)
+    model = (
+        create_model(cls.name, pretrained={"vae": vae}, **options)
+        if uses_real_vae
+        else cls.with_random_weights(**options)
+    )
     autoencoder = getattr(model, "autoencoder", None)
     if autoencoder is None:
         return model, "none"
@@ -234,11 +238,11 @@ def measure(
     for _ in range(warmup):
         if spent > max_seconds:
             break
-        spent += timed(lambda: run_step(step), device)[0]
+        spent += timed(lambda step=step: run_step(step), device)[0]
         step += 1
     times: list[float] = []
     while len(times) < repeats and (not times or spent <= max_seconds):
-        seconds = timed(lambda: run_step(step), device)[0]
+        seconds = timed(lambda step=step: run_step(step), device)[0]
         times.append(seconds)
         spent += seconds
         step += 1
@@ -271,7 +275,7 @@ def run_configuration(config: Config) -> Measurement:
 
     def infer(step: int) -> torch.Tensor:
         with torch.inference_mode():
-            return model.predict_proba(batch["image"])
+            return model.predict(batch["image"]).probability
 
     model.eval()
     infer_s, infer_flops, infer_repeats, probabilities = measure(infer, **schedule)
@@ -455,20 +459,45 @@ def relative_difference(value: float, reference: float) -> float:
 
 
 CSV_COLUMNS = (
-    "model", "frozen_part", "size", "batch", "train_step_s", "train_img_s", "train_gflop_step", "train_pct_peak",
-    "infer_img_s", "infer_gflop_image", "infer_pct_peak", "peak_memory_mib", "baseline_memory_mib", "first_loss",
-    "train_speedup_vs_nchw", "infer_speedup_vs_nchw", "loss_rel_diff", "proba_rel_diff", "formats_agree", "note",
+    "model",
+    "frozen_part",
+    "size",
+    "batch",
+    "train_step_s",
+    "train_img_s",
+    "train_gflop_step",
+    "train_pct_peak",
+    "infer_img_s",
+    "infer_gflop_image",
+    "infer_pct_peak",
+    "peak_memory_mib",
+    "baseline_memory_mib",
+    "first_loss",
+    "train_speedup_vs_nchw",
+    "infer_speedup_vs_nchw",
+    "loss_rel_diff",
+    "proba_rel_diff",
+    "formats_agree",
+    "note",
 )
 # Markdown columns: header, row key, significant digits (0: as text).
 MARKDOWN_COLUMNS = (
-    ("model", "model", 0), ("frozen part", "frozen_part", 0), ("size", "size", 0), ("batch", "batch", 0),
-    ("train s/step", "train_step_s", 3), ("train img/s", "train_img_s", 3),
-    ("train GFLOP/step", "train_gflop_step", 3), ("train % of peak", "train_pct_peak", 2),
-    ("infer img/s", "infer_img_s", 3), ("infer % of peak", "infer_pct_peak", 2),
+    ("model", "model", 0),
+    ("frozen part", "frozen_part", 0),
+    ("size", "size", 0),
+    ("batch", "batch", 0),
+    ("train s/step", "train_step_s", 3),
+    ("train img/s", "train_img_s", 3),
+    ("train GFLOP/step", "train_gflop_step", 3),
+    ("train % of peak", "train_pct_peak", 2),
+    ("infer img/s", "infer_img_s", 3),
+    ("infer % of peak", "infer_pct_peak", 2),
 )
 COMPARISON_COLUMNS = (
-    ("train speed-up vs NCHW", "train_speedup_vs_nchw", 3), ("infer speed-up vs NCHW", "infer_speedup_vs_nchw", 3),
-    ("loss rel. diff", "loss_rel_diff", 2), ("agree", "formats_agree", 0),
+    ("train speed-up vs NCHW", "train_speedup_vs_nchw", 3),
+    ("infer speed-up vs NCHW", "infer_speedup_vs_nchw", 3),
+    ("loss rel. diff", "loss_rel_diff", 2),
+    ("agree", "formats_agree", 0),
 )
 
 
@@ -517,7 +546,7 @@ def markdown_report(
         "|" + "|".join("---" for _ in columns) + "|",
         *["| " + " | ".join(format_cell(row.get(key), digits) for _, key, digits in columns) + " |" for row in rows],
         "",
-        "Training step: `training_loss` + backward + AdamW step; inference: `predict_proba` under "
+        "Training step: `training_loss` + backward + AdamW step; inference: `predict` under "
         f"`torch.inference_mode()` at the same batch size. Median of the timed repeats, in {ENGINE_FORMAT} format "
         "(the engine's). FLOPs count convolutions, matmuls and attention only (`FlopCounterMode`); "
         "% of peak = counted FLOPs / time / float32 matmul peak.",

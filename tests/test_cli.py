@@ -12,17 +12,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_OPTIONS
 from PIL import Image
 
 import genmedseg
+from conftest import TINY_OPTIONS
 from genmedseg.cli import main
 
 
 def tiny_train_args(data: Path, vae: Path, out: Path, *extra: str) -> list[str]:
     options = [f"--option={key}={value}" for key, value in TINY_OPTIONS["wave-gms"].items()]
-    return ["train", "--data", str(data), "--vae", str(vae), "--image-size", "32", "--epochs", "1",
-            "--batch-size", "4", "--accelerator", "cpu", "--out", str(out), *options, *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--vae",
+        str(vae),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(out),
+        *options,
+        *extra,
+    ]
 
 
 def test_check_data_lists_every_problem_and_fails(synthetic_data: Path, tmp_path: Path, capsys) -> None:
@@ -66,8 +83,14 @@ def test_config_file_flags_override_and_resolved_config_is_kept(
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "genmedseg.cli", *tiny_train_args(synthetic_data, tiny_vae_dir, run),
-               "--devices", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "genmedseg.cli",
+        *tiny_train_args(synthetic_data, tiny_vae_dir, run),
+        "--devices",
+        "2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size: 2" in result.stderr or "Initializing distributed: GLOBAL_RANK: 1" in result.stderr
@@ -94,11 +117,33 @@ def glas_subset(shared_data: Path, tmp_path: Path) -> Path:
 def test_end_to_end_on_real_glas_images(glas_subset: Path, shared_weights: Path, tmp_path: Path) -> None:
     run, evaluation, predictions = tmp_path / "run", tmp_path / "eval", tmp_path / "pred"
     vae = shared_weights / "taesd"
-    train = ["train", "--data", str(glas_subset), "--vae", str(vae), "--image-size", "64", "--epochs", "2",
-             "--batch-size", "4", "--accelerator", "cpu", "--out", str(run)]
+    train = [
+        "train",
+        "--data",
+        str(glas_subset),
+        "--vae",
+        str(vae),
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(run),
+    ]
     assert main(train) == 0
-    for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "model/config.json",
-                 "model/model.safetensors", "model/README.md", "train_summary.json"):
+    for name in (
+        "config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/README.md",
+        "train_summary.json",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["trainable_parameters"] == 2_644_244  # wave-gms with the 32-channel TAEF2 (no level3 head)
@@ -134,18 +179,26 @@ def test_end_to_end_on_real_glas_images(glas_subset: Path, shared_weights: Path,
 
 
 def test_demo_runs_the_whole_pipeline(tiny_vae_dir: Path, tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--image-size", "32",
-                 "--vae", str(tiny_vae_dir)]) == 0
+    assert (
+        main(
+            ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--image-size", "32", "--vae", str(tiny_vae_dir)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed and "dice" in printed and "report.html" in printed
-    for name in ("data/README.md", "run/model/model.safetensors", "run/curves.png", "evaluation/metrics.csv",
-                 "evaluation/summary.json", "evaluation/report.html"):
+    for name in (
+        "data/README.md",
+        "run/model/model.safetensors",
+        "run/curves.png",
+        "evaluation/metrics.csv",
+        "evaluation/summary.json",
+        "evaluation/report.html",
+    ):
         assert (tmp_path / "demo" / name).is_file(), name
 
 
-def test_cross_domain_evaluation_needs_no_extra_step(
-    synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path
-) -> None:
+def test_cross_domain_evaluation_needs_no_extra_step(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path) -> None:
     """A model trained on one dataset evaluates on another one with other image sizes (GMS's BUSI -> BUS)."""
     from genmedseg.data import make_synthetic_dataset
 
@@ -156,7 +209,20 @@ def test_cross_domain_evaluation_needs_no_extra_step(
     assert summary["dice"]["n"] == 3 and summary["data"] == str(other.resolve())
     assert Image.open(next((tmp_path / "eval" / "masks").iterdir())).size == (40, 40)
     # The papers' protocol: metrics at the model's input size (32 here), ground truth resized nearest.
-    assert main(["evaluate", str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "eval32"),
-                 "--resolution", "model"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--data",
+                str(other),
+                "--out",
+                str(tmp_path / "eval32"),
+                "--resolution",
+                "model",
+            ]
+        )
+        == 0
+    )
     assert Image.open(next((tmp_path / "eval32" / "masks").iterdir())).size == (32, 32)
     assert json.loads((tmp_path / "eval32" / "summary.json").read_text())["resolution"] == "model"

@@ -13,7 +13,11 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     path.write_text("data:\n  root: /data/busi\n  image_size: 128\ntrain:\n  lr: 2e-3\n  epochs: 10\n")
     config = RunConfig.from_yaml(path)
     assert (config.data.root, config.data.image_size, config.train.lr, config.train.epochs) == (
-        "/data/busi", 128, 0.002, 10)
+        "/data/busi",
+        128,
+        0.002,
+        10,
+    )
     config.override("train", epochs=3, batch_size=None)
     assert config.train.epochs == 3 and config.train.batch_size == 12
     config.to_yaml(tmp_path / "resolved.yaml")
@@ -35,7 +39,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
 def test_bad_config_names_the_file_and_the_fix(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="bad.yaml") as error:
+    with pytest.raises(ConfigError, match=r"bad\.yaml") as error:
         RunConfig.from_yaml(path)
     assert message in str(error.value)
 

@@ -52,8 +52,9 @@ def _square_mask(size: int = 16, lo: int = 4, hi: int = 12) -> np.ndarray:
     return mask
 
 
-def _make_dataset(root: Path, names: list[str], size: tuple[int, int] = (12, 10), mask_suffix: str = "",
-                  image_ext: str = ".png") -> Path:
+def _make_dataset(
+    root: Path, names: list[str], size: tuple[int, int] = (12, 10), mask_suffix: str = "", image_ext: str = ".png"
+) -> Path:
     """A dataset with an RGB image and a square 0/255 mask per name (no split file)."""
     rng = np.random.default_rng(0)
     for name in names:
@@ -155,10 +156,14 @@ SQUARE = _square_mask()
         ("sixteen_bit.png", np.where(SQUARE, 65535, 0).astype(np.uint16)),
         ("sixteen_bit_as_0_255.png", np.where(SQUARE, 255, 0).astype(np.uint16)),
         ("one_bit.png", SQUARE),
-        ("rgb_red.png", np.stack([np.where(SQUARE, 255, 0), np.zeros_like(SQUARE), np.zeros_like(SQUARE)], -1)
-         .astype(np.uint8)),
-        ("rgb_dark_blue_labels.png", np.stack([np.zeros_like(SQUARE)] * 2 + [np.where(SQUARE, 1, 0)], -1)
-         .astype(np.uint8)),
+        (
+            "rgb_red.png",
+            np.stack([np.where(SQUARE, 255, 0), np.zeros_like(SQUARE), np.zeros_like(SQUARE)], -1).astype(np.uint8),
+        ),
+        (
+            "rgb_dark_blue_labels.png",
+            np.stack([np.zeros_like(SQUARE)] * 2 + [np.where(SQUARE, 1, 0)], -1).astype(np.uint8),
+        ),
     ],
 )
 def test_read_mask_binarisation_rules(tmp_path: Path, name: str, array: np.ndarray) -> None:
@@ -365,8 +370,7 @@ def test_layout_problems_are_collected_not_raised(tmp_path: Path) -> None:
     write_mask_png(root / "masks" / "stray.png", SQUARE)  # mask without image
     (root / "images" / ".DS_Store").write_text("ignored silently")
     (root / "images" / "readme.txt").write_text("ignored with a warning")
-    _write_gms_pickle(root / "ds_train_test_names.pkl",
-                      {"train": ["b", "c", "ghost1", "ghost2"], "test": ["c", "d"]})
+    _write_gms_pickle(root / "ds_train_test_names.pkl", {"train": ["b", "c", "ghost1", "ghost2"], "test": ["c", "d"]})
     index = discover(root)
     found = sorted((p.kind, p.severity, p.path.name) for p in index.problems)
     assert found == [
@@ -539,8 +543,9 @@ def test_set_seed_makes_augmentation_reproducible() -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "set", n_train=6, n_val=2, n_test=3,
-                                  size=40, seed=0)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic") / "set", n_train=6, n_val=2, n_test=3, size=40, seed=0
+    )
 
 
 def test_synthetic_dataset_layout_and_determinism(synthetic_root: Path, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OPTIONS
 
+from conftest import TINY_OPTIONS
 from genmedseg.engine.inference import Segmenter
 from genmedseg.errors import ConfigError
 from genmedseg.models.base import image_generators
@@ -79,7 +79,8 @@ class BaseModelTester:
         model.save_pretrained(tmp_path / "model", card="# card\n")
         loaded = load_pretrained(tmp_path / "model")
         assert type(loaded) is type(model) and loaded.image_size == self.size
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+        pairs = zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
         assert (tmp_path / "model" / "README.md").read_text() == "# card\n"
 
     def test_loss_is_deterministic_under_a_seed(self, request: pytest.FixtureRequest) -> None:
@@ -223,7 +224,9 @@ def test_paper_parameter_counts() -> None:
     assert WaveGMS(vae).num_trainable_parameters() == 2_600_668 - level3_head
     assert WaveGMS(vae, supervised_heads=("level3", "level2", "level1", "out")).num_trainable_parameters() == 2_600_668
     # Table 3 of the paper: frozen tiny-VAE image latent + SFT_UNet_DS + SKFF (2,995,712 + 13); its heads have a bias.
-    assert WaveGMS(vae, image_encoder="tiny-vae", mapping="sft").num_trainable_parameters() == 2_995_725 - level3_head - 4
+    assert (
+        WaveGMS(vae, image_encoder="tiny-vae", mapping="sft").num_trainable_parameters() == 2_995_725 - level3_head - 4
+    )
     assert WaveGMS(vae, mapping="sft").num_trainable_parameters() == 1_035_692 + 2_995_725 - level3_head - 4
 
     class FourChannelVAE(torch.nn.Module):

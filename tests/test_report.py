@@ -63,11 +63,18 @@ def _make_evaluation(root: Path) -> Path:
         rows.append({"name": name, **metrics})
     (data / "split.csv").write_text("name,split\n" + "".join(f"{row['name']},test\n" for row in rows))
     with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["name", "dice", "iou", "hd95", "gt_empty", "pred_empty", "pred_full"])
+        writer = csv.DictWriter(
+            handle, fieldnames=["name", "dice", "iou", "hd95", "gt_empty", "pred_empty", "pred_full"]
+        )
         writer.writeheader()
         writer.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    summary = {**summarize(rows), "model": str(root / "run" / "model"), "data": str(data), "split": "test",
-               "resolution": "native"}
+    summary = {
+        **summarize(rows),
+        "model": str(root / "run" / "model"),
+        "data": str(data),
+        "split": "test",
+        "resolution": "native",
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 
@@ -105,7 +112,7 @@ def test_report_content(report: Path) -> None:
     assert "small &amp; odd &lt;name&gt;" in page and "<name>" not in page
     assert 'href="#case-small%20%26%20odd%20%3Cname%3E"' in page
     assert 'id="case-small%20%26%20odd%20%3Cname%3E"' in page
-    assert '<tr><th>lesion</th><td>empty</td></tr>' in page and '<tr><th>prediction</th><td>empty</td></tr>' in page
+    assert "<tr><th>lesion</th><td>empty</td></tr>" in page and "<tr><th>prediction</th><td>empty</td></tr>" in page
     # A prediction of foreground everywhere (what a stuck model gives) is flagged like an empty one.
     assert 'id="summary-n_pred_full">1<' in page and "<td>full</td></tr>" in page
 
@@ -121,14 +128,29 @@ def test_report_opens_offline_in_chromium(report: Path, tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not on PATH (apt-get install chromium); the page is checked without a browser above")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     screenshot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1280,4000", report.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    dom = subprocess.run([*flags, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
-                         timeout=120).stdout
+    subprocess.run(
+        [*flags, f"--screenshot={screenshot}", "--window-size=1280,4000", report.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [*flags, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
 
     assert screenshot.stat().st_size > 50_000
     with Image.open(screenshot) as shot:
@@ -151,16 +173,35 @@ def _write_log(path: Path, header: str, rows: list[str]) -> None:
 def test_training_curves_merge_resumed_sessions(tmp_path: Path) -> None:
     header = "epoch,step,train_align,train_dice,train_latent_mse,train_loss,val_dice"
     # Session 0 ran epochs 0-2 (epoch 2 interrupted after validation); session 1 resumed from the end of epoch 1.
-    _write_log(tmp_path / "logs" / "version_0", header, [
-        "0,3,,,,,0.20", "0,3,0.5,0.4,0.3,1.2,", "1,7,,,,,0.40", "1,7,0.4,0.3,0.2,0.9,", "2,11,,,,,0.10",
-    ])
-    _write_log(tmp_path / "logs" / "version_1", header, [
-        "2,11,,,,,0.50", "2,11,0.3,0.2,0.1,0.6,", "3,15,0.2,0.1,0.05,0.35,",
-    ])
+    _write_log(
+        tmp_path / "logs" / "version_0",
+        header,
+        [
+            "0,3,,,,,0.20",
+            "0,3,0.5,0.4,0.3,1.2,",
+            "1,7,,,,,0.40",
+            "1,7,0.4,0.3,0.2,0.9,",
+            "2,11,,,,,0.10",
+        ],
+    )
+    _write_log(
+        tmp_path / "logs" / "version_1",
+        header,
+        [
+            "2,11,,,,,0.50",
+            "2,11,0.3,0.2,0.1,0.6,",
+            "3,15,0.2,0.1,0.05,0.35,",
+        ],
+    )
     log = read_training_log(tmp_path)
     assert list(log.values) == [0, 1, 2, 3]
-    assert log.values[1] == {"train_align": 0.4, "train_dice": 0.3, "train_latent_mse": 0.2, "train_loss": 0.9,
-                             "val_dice": 0.4}
+    assert log.values[1] == {
+        "train_align": 0.4,
+        "train_dice": 0.3,
+        "train_latent_mse": 0.2,
+        "train_loss": 0.9,
+        "val_dice": 0.4,
+    }
     assert log.values[2]["val_dice"] == 0.5 and log.values[2]["train_loss"] == 0.6  # the later session wins
     assert "val_dice" not in log.values[3]
     assert log.resumed_at == [2]
@@ -181,18 +222,31 @@ def test_runs_table(tmp_path: Path) -> None:
     finished, unfinished, other = tmp_path / "runs" / "wave", tmp_path / "runs" / "crashed", tmp_path / "runs" / "unet"
     for run, dice in ((finished, 0.8123456), (other, None)):
         run.mkdir(parents=True)
-        (run / "train_summary.json").write_text(json.dumps({
-            "model": run.name, "data": str(data), "image_size": 224, "epochs_done": 30, "epochs": 30,
-            "best_val": {"metric": "dice", "mode": "max", "value": dice}, "trainable_parameters": 1234567,
-            "train_seconds": 3725.0, "steps": 300, "n_train": 80, "n_val": 5,
-        }))
+        (run / "train_summary.json").write_text(
+            json.dumps(
+                {
+                    "model": run.name,
+                    "data": str(data),
+                    "image_size": 224,
+                    "epochs_done": 30,
+                    "epochs": 30,
+                    "best_val": {"metric": "dice", "mode": "max", "value": dice},
+                    "trainable_parameters": 1234567,
+                    "train_seconds": 3725.0,
+                    "steps": 300,
+                    "n_train": 80,
+                    "n_val": 5,
+                }
+            )
+        )
     unfinished.mkdir(parents=True)
 
     def evaluation(folder: Path, model: Path, dice: float, split: str = "test") -> Path:
         folder.mkdir(parents=True)
         metrics = {"dice": {"mean": dice}, "iou": {"mean": dice - 0.1}, "hd95": {"mean": 12.34}}
-        (folder / "summary.json").write_text(json.dumps({**metrics, "split": split, "model": str(model / "model"),
-                                                         "data": str(data)}))
+        (folder / "summary.json").write_text(
+            json.dumps({**metrics, "split": split, "model": str(model / "model"), "data": str(data)})
+        )
         return folder
 
     # Evaluations record themselves in their run's run.json, wherever they were written.
@@ -203,12 +257,48 @@ def test_runs_table(tmp_path: Path) -> None:
 
     table = runs_table([finished, unfinished, other], evaluations=[elsewhere])
     lines = table.splitlines()
-    assert lines[0].split() == ["run", "model", "data", "size", "epochs", "best", "val", "test", "Dice", "test", "IoU",
-                                "test", "HD95", "parameters", "time"]
+    assert lines[0].split() == [
+        "run",
+        "model",
+        "data",
+        "size",
+        "epochs",
+        "best",
+        "val",
+        "test",
+        "Dice",
+        "test",
+        "IoU",
+        "test",
+        "HD95",
+        "parameters",
+        "time",
+    ]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split()[1:] == ["wave", "glas", "224", "30/30", "dice", "0.8123", "0.7654", "0.6654", "12.3",
-                                    "1,234,567", "1h02m"]
+    assert lines[2].split()[1:] == [
+        "wave",
+        "glas",
+        "224",
+        "30/30",
+        "dice",
+        "0.8123",
+        "0.7654",
+        "0.6654",
+        "12.3",
+        "1,234,567",
+        "1h02m",
+    ]
     assert lines[3].split()[1:] == ["-", "-", "-", "unfinished", *["-"] * 6]
-    assert lines[4].split()[1:] == ["unet", "glas", "224", "30/30", "-", "0.5000", "0.4000", "12.3", "1,234,567",
-                                    "1h02m"]
+    assert lines[4].split()[1:] == [
+        "unet",
+        "glas",
+        "224",
+        "30/30",
+        "-",
+        "0.5000",
+        "0.4000",
+        "12.3",
+        "1,234,567",
+        "1h02m",
+    ]
     assert "0.5000" not in runs_table([other])  # an evaluation no run.json records is found only when named

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_OPTIONS
 
+from conftest import TINY_OPTIONS
 from genmedseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from genmedseg.engine.task import learning_rate_factor
 from genmedseg.engine.training import AtomicCheckpointIO, fit
@@ -68,7 +69,9 @@ def test_a_run_folder_is_never_overwritten(synthetic_data: Path, tiny_vae_dir: P
         fit(config, tmp_path / "elsewhere", resume=True, enable_progress_bar=False)
 
 
-def test_bad_data_is_refused_before_anything_is_written(tiny_vae_dir: Path, tmp_path: Path, synthetic_data: Path) -> None:
+def test_bad_data_is_refused_before_anything_is_written(
+    tiny_vae_dir: Path, tmp_path: Path, synthetic_data: Path
+) -> None:
     import shutil
 
     data = tmp_path / "data"
@@ -103,4 +106,4 @@ def test_learning_rate_schedule_starts_above_zero_and_ends_at_zero() -> None:
     assert factors[4] == pytest.approx(1.0)
     assert factors[5] == pytest.approx(1.0)
     assert factors[100] == pytest.approx(0.0)
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))

@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from genmedseg.vae import loading
 from genmedseg.errors import ConfigError, WeightsError
-from genmedseg.vae import FrozenSDVAE, FrozenTinyVAE, detect_tiny_vae_config, load_sd_vae, load_tiny_vae
+from genmedseg.vae import FrozenSDVAE, FrozenTinyVAE, detect_tiny_vae_config, load_sd_vae, load_tiny_vae, loading
 
 TINY_WIDTH = 8
 VARIANTS = [

@@ -18,7 +18,7 @@ def count_parameters(module: torch.nn.Module) -> int:
 def test_haar_pyramid_matches_pywavelets_coarsest_coefficients_divided_by_two_to_the_level() -> None:
     images = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))
     pyramid = haar_pyramid(images, levels=(1, 2, 3))
-    for level, bands in zip((1, 2, 3), pyramid):
+    for level, bands in zip((1, 2, 3), pyramid, strict=True):
         approximation, details = pywt.wavedec2(images.double().numpy(), "haar", level=level, axes=(-2, -1))[:2]
         expected = np.concatenate([approximation, *details], axis=1) / 2**level
         assert bands.shape == (2, 12, 16 // 2**level, 24 // 2**level)

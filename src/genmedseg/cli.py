@@ -34,9 +34,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="method to train (see `genmedseg models`); default wave-gms")
     parser.add_argument("--data", help="dataset folder (GMS layout or images/ + masks/ + split.csv)")
     parser.add_argument("--split-file", help="split file if not the one found in the dataset folder")
-    parser.add_argument("--pretrained", action="append", default=[], metavar="NAME=SOURCE",
-                        help="a frozen pretrained part by role, e.g. vae=DIR: path, diffusers folder or hub id "
-                             "(repeatable; `genmedseg models` lists each method's parts)")
+    parser.add_argument(
+        "--pretrained",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="a frozen pretrained part by role, e.g. vae=DIR: path, diffusers folder or hub id "
+        "(repeatable; `genmedseg models` lists each method's parts)",
+    )
     parser.add_argument("--vae", help="short for --pretrained vae=SOURCE")
     parser.add_argument("--image-size", type=int, help="square input size (a multiple of the method's); default 224")
     parser.add_argument("--epochs", type=int, help="default 1000")
@@ -45,8 +50,11 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay; default 0.01 (or the method's)")
     parser.add_argument("--schedule", help="warmup-cosine (default) or constant (after the warm-up)")
     parser.add_argument("--warmup-epochs", type=int, help="linear warm-up length; default 5")
-    parser.add_argument("--ema-decay", type=float, help="validate and export an EMA of the weights, e.g. 0.999; off "
-                                                        "by default (or the method's)")
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        help="validate and export an EMA of the weights, e.g. 0.999; off by default (or the method's)",
+    )
     parser.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value; off by default")
     parser.add_argument("--val-every", type=int, help="validate every N epochs; default 1")
     parser.add_argument("--preview-every", type=int, help="save a preview grid every N epochs (0: never); default 10")
@@ -56,36 +64,56 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", help="Lightning precision, e.g. 32-true (default) or bf16-mixed")
     parser.add_argument("--num-workers", type=int, help="data loading processes; default 0")
     parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpoints kept)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="model option, e.g. mapping=sft (repeatable; `genmedseg models` lists them)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. mapping=sft (repeatable; `genmedseg models` lists them)",
+    )
 
 
 def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
     """Defaults, the method's training defaults, the YAML file, then the flags (``base``: a run's own config)."""
-    from genmedseg.config import ModelConfig, RunConfig, read_yaml
-    from genmedseg.models.registry import get_model_class
+    from genmedseg.config import ModelConfig, read_yaml
+    from genmedseg.models.registry import default_run_config
 
     if base is None:
         raw = read_yaml(args.config) if args.config else {}
-        name = args.model or (raw.get("model") or {}).get("name") or ModelConfig().name
-        base = RunConfig()
-        base.override("train", _source=f"training defaults of {name}", **get_model_class(name).training_defaults)
+        base = default_run_config(args.model or (raw.get("model") or {}).get("name") or ModelConfig().name)
         base.update(raw, source=args.config or "configuration")
     config = base
-    config.override("data", root=args.data, split_file=args.split_file, image_size=args.image_size,
-                    num_workers=args.num_workers)
-    devices = None if args.devices is None else (int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices)
-    config.override("train", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                    ema_decay=args.ema_decay, grad_clip=args.grad_clip, val_every=args.val_every,
-                    preview_every=args.preview_every, devices=devices, accelerator=args.accelerator,
-                    precision=args.precision, max_minutes=args.max_minutes)
+    config.override(
+        "data", root=args.data, split_file=args.split_file, image_size=args.image_size, num_workers=args.num_workers
+    )
+    devices = (
+        None if args.devices is None else (int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices)
+    )
+    config.override(
+        "train",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        ema_decay=args.ema_decay,
+        grad_clip=args.grad_clip,
+        val_every=args.val_every,
+        preview_every=args.preview_every,
+        devices=devices,
+        accelerator=args.accelerator,
+        precision=args.precision,
+        max_minutes=args.max_minutes,
+    )
     options = {**config.model.options, **_key_values(args.option, "--option", "mapping=sft")}
     pretrained = {**config.model.pretrained, **_key_values(args.pretrained, "--pretrained", "vae=DIR")}
     if args.vae:
         pretrained["vae"] = args.vae
-    config.override("model", name=args.model, pretrained={key: str(value) for key, value in pretrained.items()},
-                    options=options)
+    config.override(
+        "model", name=args.model, pretrained={key: str(value) for key, value in pretrained.items()}, options=options
+    )
     return config
 
 
@@ -111,9 +139,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = fit(config, run.path, resume=bool(args.resume))
     if summary:
         best = summary["best_val"]
-        score = "no validation ran" if best["value"] is None else f"best validation {best['metric']} {best['value']:.4f}"
-        print(f"trained {summary['model']} for {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s; "
-              f"{score}")
+        score = (
+            "no validation ran" if best["value"] is None else f"best validation {best['metric']} {best['value']:.4f}"
+        )
+        print(
+            f"trained {summary['model']} for {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s; "
+            f"{score}"
+        )
         print(f"run folder: {run.path}  model folder: {run.model.path}")
     return 0
 
@@ -142,13 +174,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = args.data or _run_data_root(Path(args.run))
     from genmedseg.engine.inference import evaluate, format_summary
 
-    summary = evaluate(args.run, data, args.out, split=args.split, split_file=args.split_file, resolution=resolution,
-                       batch_size=args.batch_size, prompts=prompts, sampling=sampling)
+    summary = evaluate(
+        args.run,
+        data,
+        args.out,
+        split=args.split,
+        split_file=args.split_file,
+        resolution=resolution,
+        batch_size=args.batch_size,
+        prompts=prompts,
+        sampling=sampling,
+    )
     settings = [f"grid {summary['resolution']}", *([f"prompts: {summary['prompts']}"] if summary["prompts"] else [])]
     print(f"{args.split} split of {data} ({'; '.join(settings)}):")
     print(format_summary(summary))
     extra = "".join(f", {name}/" for name in summary["maps"])
-    print(f"written: {Path(args.out) / 'metrics.csv'}, {Path(args.out) / 'summary.json'}, masks/, probabilities/{extra}")
+    print(
+        f"written: {Path(args.out) / 'metrics.csv'}, {Path(args.out) / 'summary.json'}, masks/, probabilities/{extra}"
+    )
     if args.report:
         from genmedseg.report import write_report
 
@@ -177,7 +220,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from genmedseg.engine.inference import predict
 
     written = predict(args.run, args.inputs, args.out, batch_size=args.batch_size, prompts=prompts, sampling=sampling)
-    print(f"{len(written)} masks written to {Path(args.out) / 'masks'} (probabilities in {Path(args.out) / 'probabilities'})")
+    folder = Path(args.out)
+    print(f"{len(written)} masks written to {folder / 'masks'} (probabilities in {folder / 'probabilities'})")
     return 0
 
 
@@ -185,8 +229,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _key_values(args.sample, "--sample", "steps=50")
     from genmedseg.engine.generation import generate
 
-    out = generate(args.run, args.masks, args.out, per_mask=args.per_mask, split=args.split,
-                   batch_size=args.batch_size, sampling=sampling)
+    out = generate(
+        args.run,
+        args.masks,
+        args.out,
+        per_mask=args.per_mask,
+        split=args.split,
+        batch_size=args.batch_size,
+        sampling=sampling,
+    )
     print(f"generated dataset: {out} (images/, masks/, split.csv, provenance.json)")
     return 0
 
@@ -194,8 +245,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from genmedseg.demo import run_demo
 
-    run_demo(out=Path(args.out or f"genmedseg-demo-{time.strftime('%Y%m%d-%H%M%S')}"), data=args.data,
-             epochs=args.epochs, image_size=args.image_size, vae=args.vae)
+    run_demo(
+        out=Path(args.out or f"genmedseg-demo-{time.strftime('%Y%m%d-%H%M%S')}"),
+        data=args.data,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        vae=args.vae,
+    )
     return 0
 
 
@@ -205,8 +261,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = describe_models()
     width = max(len(row["name"]) for row in rows)
     for row in rows:
-        print(f"{row['name']:{width}s}  {row['role']:9s}  {row['trainable_parameters'] / 1e6:5.2f} M trainable  "
-              f"{row['summary']}")
+        print(
+            f"{row['name']:{width}s}  {row['role']:9s}  {row['trainable_parameters'] / 1e6:5.2f} M trainable  "
+            f"{row['summary']}"
+        )
         for role, description in row["pretrained"].items():
             print(f"{'':{width}s}    pretrained {role}: {description} (--pretrained {role}=SOURCE)")
         if row["prompts"]:
@@ -240,14 +298,27 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
-    parser.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
-                        help="sampling option of the method, e.g. steps=20 (repeatable; `genmedseg models` lists them)")
-    parser.add_argument("--prompts", metavar="FILE" + ("|from-mask" if evaluation else ""),
-                        help="box prompts for methods that take them: a JSON or CSV box file"
-                             + (", or from-mask (the ground truth's box)" if evaluation else ""))
+    parser.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling option of the method, e.g. steps=20 (repeatable; `genmedseg models` lists them)",
+    )
+    parser.add_argument(
+        "--prompts",
+        metavar="FILE" + ("|from-mask" if evaluation else ""),
+        help="box prompts for methods that take them: a JSON or CSV box file"
+        + (", or from-mask (the ground truth's box)" if evaluation else ""),
+    )
     if evaluation:
-        parser.add_argument("--prompt-jitter", type=int, default=0, metavar="PX",
-                            help="with --prompts from-mask: move each box side out by up to PX pixels (seeded)")
+        parser.add_argument(
+            "--prompt-jitter",
+            type=int,
+            default=0,
+            metavar="PX",
+            help="with --prompts from-mask: move each box side out by up to PX pixels (seeded)",
+        )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
@@ -281,9 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--split-file")
     evaluate.add_argument("--out", required=True)
-    evaluate.add_argument("--resolution", default="native", metavar="native|model|N",
-                          help="metric grid: native = each image's own size (default); model = the input size, as "
-                               "the papers do; N = an N x N grid")
+    evaluate.add_argument(
+        "--resolution",
+        default="native",
+        metavar="native|model|N",
+        help="metric grid: native = each image's own size (default); model = the input size, as "
+        "the papers do; N = an N x N grid",
+    )
     _add_inference_flags(evaluate, evaluation=True)
     evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, worst/best cases)")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -297,13 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = verbs.add_parser("generate", help="synthesise images from masks into a new dataset (generators)")
     generate.add_argument("run", help="run folder or model folder of a generator")
-    generate.add_argument("--masks", required=True, metavar="DATA_DIR",
-                          help="dataset folder (its --split is used) or a folder of masks")
+    generate.add_argument(
+        "--masks", required=True, metavar="DATA_DIR", help="dataset folder (its --split is used) or a folder of masks"
+    )
     generate.add_argument("--out", required=True, metavar="NEW_DIR", help="new dataset folder")
     generate.add_argument("--per-mask", type=int, default=1, metavar="K", help="images per mask (default 1)")
     generate.add_argument("--split", help="split of DATA_DIR to take masks from (default train)")
-    generate.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
-                          help="sampling option, e.g. steps=50 or seed=3 (repeatable)")
+    generate.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling option, e.g. steps=50 or seed=3 (repeatable)",
+    )
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     generate.set_defaults(handler=cmd_generate)
 

@@ -140,8 +140,9 @@ def _build_section(current: Any, values: dict[str, Any], source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(current)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys (with their values now): "
-                          f"{describe_section(current)}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown}; valid keys (with their values now): {describe_section(current)}"
+        )
     hints = typing.get_type_hints(type(current))
     merged = dataclasses.asdict(current)
     for key, value in values.items():

@@ -40,7 +40,9 @@ def run_demo(
         data_dir = Path(data)
     config = demo_config(data_dir, epochs or DEMO_EPOCHS, image_size or DEMO_IMAGE_SIZE, vae)
     run_dir, evaluation_dir = out / "run", out / "evaluation"
-    print(f"Training Wave-GMS for {config.train.epochs} epochs at {config.data.image_size}x{config.data.image_size} ...")
+    print(
+        f"Training Wave-GMS for {config.train.epochs} epochs at {config.data.image_size}x{config.data.image_size} ..."
+    )
     training = fit(config, run_dir)
     summary = evaluate(run_dir, data_dir, evaluation_dir, split="test")
     report = write_report(evaluation_dir, data_root=data_dir)

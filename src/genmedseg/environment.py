@@ -6,18 +6,39 @@ import os
 import platform
 from importlib import metadata
 
-PACKAGES = ("genmedseg", "torch", "lightning", "monai", "diffusers", "huggingface_hub", "safetensors", "ptwt",
-            "PyWavelets", "numpy", "scipy", "pillow", "matplotlib")
-VARIABLES = ("GENMEDSEG_VAE", "GENMEDSEG_SD_VAE", "HF_HUB_OFFLINE", "HF_HOME", "CUDA_VISIBLE_DEVICES",
-             "OMP_NUM_THREADS")
+PACKAGES = (
+    "genmedseg",
+    "torch",
+    "lightning",
+    "monai",
+    "diffusers",
+    "huggingface_hub",
+    "safetensors",
+    "ptwt",
+    "PyWavelets",
+    "numpy",
+    "scipy",
+    "pillow",
+    "matplotlib",
+)
+VARIABLES = (
+    "GENMEDSEG_VAE",
+    "GENMEDSEG_SD_VAE",
+    "HF_HUB_OFFLINE",
+    "HF_HOME",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+)
 
 
 def describe_environment() -> str:
     """Python, platform, package versions, torch's devices and threads, and the variables genmedseg reads."""
     import torch
 
-    lines = [f"python      {platform.python_version()} ({platform.python_implementation()})",
-             f"platform    {platform.platform()}"]
+    lines = [
+        f"python      {platform.python_version()} ({platform.python_implementation()})",
+        f"platform    {platform.platform()}",
+    ]
     for package in PACKAGES:
         try:
             version = metadata.version(package)
@@ -28,11 +49,16 @@ def describe_environment() -> str:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             properties = torch.cuda.get_device_properties(index)
-            lines.append(f"cuda:{index}      {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
-                         f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+            lines.append(
+                f"cuda:{index}      {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
+                f"CUDA {torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"
+            )
     else:
-        lines.append("cuda        not available (torch build: " + ("CPU only" if torch.version.cuda is None
-                                                                   else f"CUDA {torch.version.cuda}") + ")")
+        lines.append(
+            "cuda        not available (torch build: "
+            + ("CPU only" if torch.version.cuda is None else f"CUDA {torch.version.cuda}")
+            + ")"
+        )
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         lines.append("mps         available")
     for variable in VARIABLES:

@@ -204,9 +204,7 @@ def _hd95(pred_mask: np.ndarray, gt_mask: np.ndarray, spacing: tuple[float, floa
     return float(np.percentile(pooled, 95))
 
 
-def _directed_distances(
-    from_surface: np.ndarray, to_surface: np.ndarray, spacing: tuple[float, float]
-) -> np.ndarray:
+def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     # The EDT measures the distance to the nearest zero, so the target surface must be the zeros.
     return ndimage.distance_transform_edt(~to_surface, sampling=spacing)[from_surface]
 

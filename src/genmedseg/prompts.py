@@ -106,7 +106,9 @@ def read_boxes(path: Path) -> dict[str, np.ndarray]:
         return _read_json_boxes(path)
     if path.suffix.lower() == ".csv":
         return _read_csv_boxes(path)
-    raise ConfigError(f"--prompts {path}: unknown box file type; use .json or .csv (columns name,{','.join(BOX_COLUMNS)})")
+    raise ConfigError(
+        f"--prompts {path}: unknown box file type; use .json or .csv (columns name,{','.join(BOX_COLUMNS)})"
+    )
 
 
 def _checked(path: Path, where: str, values: object) -> np.ndarray:

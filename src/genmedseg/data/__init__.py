@@ -39,10 +39,27 @@ _LAZY = {
 }
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MaskStats", "image_to_float", "mask_stats", "read_image", "read_label_map", "read_mask", "read_pair",
-    "read_probability_png", "scale_to_unit_range", "write_mask_png", "write_probability_png",
-    "DatasetIndex", "Problem", "carve_validation", "discover", "list_images",
-    "assert_dataset_ok", "check_dataset", "check_index", "format_report",
+    "IMAGE_EXTENSIONS",
+    "MaskStats",
+    "image_to_float",
+    "mask_stats",
+    "read_image",
+    "read_label_map",
+    "read_mask",
+    "read_pair",
+    "read_probability_png",
+    "scale_to_unit_range",
+    "write_mask_png",
+    "write_probability_png",
+    "DatasetIndex",
+    "Problem",
+    "carve_validation",
+    "discover",
+    "list_images",
+    "assert_dataset_ok",
+    "check_dataset",
+    "check_index",
+    "format_report",
     *_LAZY,
 ]
 

@@ -43,24 +43,38 @@ def _check_pair(image_path: Path, mask_path: Path) -> list[Problem]:
         problems.append(Problem(image_path, message.removeprefix(f"{image_path}: "), "error", "size_mismatch"))
     foreground = stats.foreground_pixels / (stats.shape[0] * stats.shape[1] or 1)
     if stats.distinct_values > 2:
-        problems.append(Problem(
-            mask_path, f"{stats.distinct_values} distinct values, binarised by the rule {stats.rule!r} "
-            f"({foreground:.1%} foreground); save masks as 0/255 if that is not what you meant",
-            "warning", "non_binary_mask",
-        ))
+        problems.append(
+            Problem(
+                mask_path,
+                f"{stats.distinct_values} distinct values, binarised by the rule {stats.rule!r} "
+                f"({foreground:.1%} foreground); save masks as 0/255 if that is not what you meant",
+                "warning",
+                "non_binary_mask",
+            )
+        )
     if stats.alpha_only:
-        problems.append(Problem(
-            mask_path, "colour channels are empty and the shape is only in the alpha channel, which is ignored; "
-            "save the mask as a grayscale 0/255 PNG", "error", "alpha_only_mask",
-        ))
+        problems.append(
+            Problem(
+                mask_path,
+                "colour channels are empty and the shape is only in the alpha channel, which is ignored; "
+                "save the mask as a grayscale 0/255 PNG",
+                "error",
+                "alpha_only_mask",
+            )
+        )
     elif stats.foreground_pixels == 0 and stats.nonzero_pixels:
-        problems.append(Problem(
-            mask_path, f"non-zero pixels but none counts as foreground under the rule {stats.rule!r}; "
-            "save the mask as 0/255", "warning", "faint_mask",
-        ))
+        problems.append(
+            Problem(
+                mask_path,
+                f"non-zero pixels but none counts as foreground under the rule {stats.rule!r}; save the mask as 0/255",
+                "warning",
+                "faint_mask",
+            )
+        )
     elif stats.foreground_pixels == 0:
-        problems.append(Problem(mask_path, "empty mask (no foreground); fine for normal cases", "warning",
-                                "empty_mask"))
+        problems.append(
+            Problem(mask_path, "empty mask (no foreground); fine for normal cases", "warning", "empty_mask")
+        )
     return problems
 
 
@@ -75,8 +89,9 @@ def check_index(index: DatasetIndex, workers: int = 8) -> list[Problem]:
     return list(index.problems) + [problem for problems in per_pair for problem in problems]
 
 
-def check_dataset(root: str | os.PathLike, split_file: str | os.PathLike | None = None,
-                  workers: int = 8) -> list[Problem]:
+def check_dataset(
+    root: str | os.PathLike, split_file: str | os.PathLike | None = None, workers: int = 8
+) -> list[Problem]:
     """Index ``root`` (see :func:`genmedseg.data.layout.discover`) and decode every file; return every problem."""
     return check_index(discover(root, split_file), workers)
 
@@ -108,8 +123,11 @@ def format_report(problems: list[Problem], n_pairs: int, root: str | os.PathLike
 
 
 def assert_dataset_ok(
-    dataset: DatasetIndex | str | os.PathLike, split_file: str | os.PathLike | None = None,
-    val_fraction: float = 0.1, seed: int = 0, workers: int = 8,
+    dataset: DatasetIndex | str | os.PathLike,
+    split_file: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    workers: int = 8,
 ) -> tuple[DatasetIndex, list[Problem]]:
     """Check a dataset (an index, or a folder indexed with the other arguments); raise :class:`DataError` with the
     full report if there is any error.
@@ -120,6 +138,7 @@ def assert_dataset_ok(
     problems = check_index(index, workers)
     if any(p.severity == "error" for p in problems):
         report = format_report(problems, len(index.pairs), index.root)
-        raise DataError(f"{index.root}: the dataset has errors; fix them and run `genmedseg check-data` again.\n"
-                        f"{report}")
+        raise DataError(
+            f"{index.root}: the dataset has errors; fix them and run `genmedseg check-data` again.\n{report}"
+        )
     return index, problems

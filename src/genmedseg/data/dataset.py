@@ -35,12 +35,21 @@ class SegmentationDataset(Dataset):
     augmentations of :func:`train_transforms` are applied, seeded per item and epoch.
     """
 
-    def __init__(self, index: DatasetIndex, split: str, image_size: int = 224, augment: bool = False,
-                 seed: int = 0, labels: bool = False) -> None:
+    def __init__(
+        self,
+        index: DatasetIndex,
+        split: str,
+        image_size: int = 224,
+        augment: bool = False,
+        seed: int = 0,
+        labels: bool = False,
+    ) -> None:
         self.names = index.names(split)
         if not self.names:
-            raise DataError(f"{index.root}: split {split!r} has no image/mask pairs ({index.summary()}); "
-                            "check the split file or run `genmedseg check-data`")
+            raise DataError(
+                f"{index.root}: split {split!r} has no image/mask pairs ({index.summary()}); "
+                "check the split file or run `genmedseg check-data`"
+            )
         self.pairs = [index.pairs[name] for name in self.names]
         self.augment = augment
         self.seed = seed

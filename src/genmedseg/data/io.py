@@ -104,8 +104,10 @@ def scale_to_unit_range(array: np.ndarray) -> np.ndarray:
         return array.astype(np.float32) / (255.0 if array.dtype.itemsize == 1 else _UINT16_MAX)
     if np.issubdtype(array.dtype, np.floating):
         if array.size and not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
-            raise ValueError("float image outside [0, 1] (or NaN): pass uint8/uint16 so that the dtype decides "
-                             "the scale, or divide by the maximum first")
+            raise ValueError(
+                "float image outside [0, 1] (or NaN): pass uint8/uint16 so that the dtype decides "
+                "the scale, or divide by the maximum first"
+            )
         return array.astype(np.float32)
     raise ValueError(f"unsupported image dtype {array.dtype}; use uint8, uint16, bool or float in [0, 1]")
 
@@ -246,8 +248,10 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     if img.mode in ("RGB", "RGBA"):
         colour = np.asarray(img)[:, :, :3]
         if (colour != colour[:, :, :1]).any():
-            raise DataError(f"{path}: a colour-coded mask; label masks hold one class id per pixel (0 = background, "
-                            "1, 2, ...): save it as a single-channel PNG of ids")
+            raise DataError(
+                f"{path}: a colour-coded mask; label masks hold one class id per pixel (0 = background, "
+                "1, 2, ...): save it as a single-channel PNG of ids"
+            )
     if img.mode == "P":
         return np.asarray(img).astype(np.int64)
     values, full_scale, _ = _mask_channel(path, img)
@@ -314,6 +318,8 @@ def read_probability_png(path: str | os.PathLike) -> np.ndarray:
     """Read a map written by :func:`write_probability_png` back as float32 ``H x W`` in [0, 1] (value / 255)."""
     img = _decoded(path)
     if img.mode != "L":
-        raise DataError(f"{path}: expected an 8-bit grayscale probability PNG, got mode {img.mode}; write it "
-                        "with genmedseg.data.write_probability_png")
+        raise DataError(
+            f"{path}: expected an 8-bit grayscale probability PNG, got mode {img.mode}; write it "
+            "with genmedseg.data.write_probability_png"
+        )
     return np.asarray(img, dtype=np.float32) / 255.0

@@ -33,9 +33,13 @@ MASK_SUFFIXES: tuple[str, ...] = ("", "_segmentation", "_mask")
 """Mask stem = image stem + one of these (same name; ISIC/HAM10000 ``_segmentation``; Kaggle ``_mask``)."""
 
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _PICKLE_SPLIT_GLOB = "*_train_test_names.pkl"
@@ -111,10 +115,15 @@ def _files_by_stem(folder: Path, problems: list[Problem] | None) -> tuple[dict[s
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             if problems is not None:
-                problems.append(Problem(
-                    path, f"ignored: extension {path.suffix or '(none)'} is not one of "
-                    f"{' '.join(IMAGE_EXTENSIONS)}; convert it to PNG or move it out", "warning", "unsupported_file",
-                ))
+                problems.append(
+                    Problem(
+                        path,
+                        f"ignored: extension {path.suffix or '(none)'} is not one of "
+                        f"{' '.join(IMAGE_EXTENSIONS)}; convert it to PNG or move it out",
+                        "warning",
+                        "unsupported_file",
+                    )
+                )
             continue
         by_stem[path.stem].append(path)
     images, duplicated = {}, set()
@@ -125,10 +134,15 @@ def _files_by_stem(folder: Path, problems: list[Problem] | None) -> tuple[dict[s
             continue
         duplicated.add(stem)
         if problems is not None:
-            problems.append(Problem(
-                paths[0], f"{len(paths)} files share the name {stem!r} ({', '.join(p.name for p in paths)}); "
-                "rename or delete all but one", "error", "duplicate_stem",
-            ))
+            problems.append(
+                Problem(
+                    paths[0],
+                    f"{len(paths)} files share the name {stem!r} ({', '.join(p.name for p in paths)}); "
+                    "rename or delete all but one",
+                    "error",
+                    "duplicate_stem",
+                )
+            )
     return images, duplicated
 
 
@@ -147,22 +161,34 @@ def _match_masks(
             continue
         elif not candidates:
             looked_for = ", ".join(f"{stem}{suffix}.*" for suffix in MASK_SUFFIXES)
-            problems.append(Problem(
-                image_path, f"no mask (looked for masks/{looked_for}); add the mask or remove the image",
-                "error", "missing_mask",
-            ))
+            problems.append(
+                Problem(
+                    image_path,
+                    f"no mask (looked for masks/{looked_for}); add the mask or remove the image",
+                    "error",
+                    "missing_mask",
+                )
+            )
         else:
             used.update(candidates)
-            problems.append(Problem(
-                image_path, f"several masks match: {', '.join(masks[c].name for c in candidates)}; keep one",
-                "error", "ambiguous_mask",
-            ))
+            problems.append(
+                Problem(
+                    image_path,
+                    f"several masks match: {', '.join(masks[c].name for c in candidates)}; keep one",
+                    "error",
+                    "ambiguous_mask",
+                )
+            )
     for stem in sorted(set(masks) - used):
-        problems.append(Problem(
-            masks[stem], "mask with no image of the same name (or of the name without _segmentation/_mask); "
-            "rename it to match its image or remove it (several masks per image must be merged into one)",
-            "warning", "orphan_mask",
-        ))
+        problems.append(
+            Problem(
+                masks[stem],
+                "mask with no image of the same name (or of the name without _segmentation/_mask); "
+                "rename it to match its image or remove it (several masks per image must be merged into one)",
+                "warning",
+                "orphan_mask",
+            )
+        )
     return pairs
 
 
@@ -185,11 +211,14 @@ def _read_pickle_split(path: Path) -> dict[str, Any]:
         with path.open("rb") as file:
             raw = _PlainUnpickler(file, path).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); re-create the split file "
-                        "or write split.csv (columns name,split)") from None
+        raise DataError(
+            f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); re-create the split file "
+            "or write split.csv (columns name,split)"
+        ) from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a dict {{'train': {{'name_list': [...]}}, 'test': ...}}, "
-                        f"got {type(raw).__name__}")
+        raise DataError(
+            f"{path}: expected a dict {{'train': {{'name_list': [...]}}, 'test': ...}}, got {type(raw).__name__}"
+        )
     lists = {}
     for key, value in raw.items():
         if isinstance(value, dict) and "name_list" in value:
@@ -205,12 +234,15 @@ def _read_csv_split(path: Path) -> dict[str, list[str]]:
         with path.open(newline="", encoding="utf-8-sig") as file:
             rows = list(csv.reader(file))
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: not a readable UTF-8 CSV file ({exc}); "
-                        "save it as CSV with columns name,split") from None
+        raise DataError(
+            f"{path}: not a readable UTF-8 CSV file ({exc}); save it as CSV with columns name,split"
+        ) from None
     header = [column.strip().lower() for column in rows[0]] if rows else []
     if "name" not in header or "split" not in header:
-        raise DataError(f"{path}: needs the columns name,split (found {', '.join(header) or 'none'}); "
-                        "add a header line 'name,split'")
+        raise DataError(
+            f"{path}: needs the columns name,split (found {', '.join(header) or 'none'}); "
+            "add a header line 'name,split'"
+        )
     name_at, split_at = header.index("name"), header.index("split")
     lists: dict[str, list[str]] = defaultdict(list)
     for row in rows[1:]:
@@ -239,8 +271,10 @@ def _find_split_file(root: Path, split_file: str | os.PathLike | None) -> Path |
         return path
     candidates = sorted(root.glob(_PICKLE_SPLIT_GLOB)) + [p for p in [root / _CSV_SPLIT_NAME] if p.is_file()]
     if len(candidates) > 1:
-        raise DataError(f"{root}: several split files ({', '.join(p.name for p in candidates)}); "
-                        "choose one with split_file (--split-file)")
+        raise DataError(
+            f"{root}: several split files ({', '.join(p.name for p in candidates)}); "
+            "choose one with split_file (--split-file)"
+        )
     return candidates[0] if candidates else None
 
 
@@ -253,7 +287,10 @@ def _read_split_file(path: Path) -> dict[str, list[str]]:
 
 
 def _resolve_split_names(
-    path: Path, listed: dict[str, list[str]], pairs: dict[str, tuple[Path, Path]], known_images: set[str],
+    path: Path,
+    listed: dict[str, list[str]],
+    pairs: dict[str, tuple[Path, Path]],
+    known_images: set[str],
     problems: list[Problem],
 ) -> dict[str, list[str]]:
     """Map listed names onto pairs; record names without files, names listed twice and pairs in no split.
@@ -272,11 +309,18 @@ def _resolve_split_names(
             name = _strip_image_extension(Path(raw_name).name)
             if name in owner:
                 if owner[name] == split:
-                    problems.append(Problem(path, f"{name!r} listed twice in {split}; kept once", "warning",
-                                            "duplicate_name"))
+                    problems.append(
+                        Problem(path, f"{name!r} listed twice in {split}; kept once", "warning", "duplicate_name")
+                    )
                 else:
-                    problems.append(Problem(path, f"{name!r} is in both {owner[name]} and {split} (data leak); "
-                                            "remove it from one of them", "error", "split_overlap"))
+                    problems.append(
+                        Problem(
+                            path,
+                            f"{name!r} is in both {owner[name]} and {split} (data leak); remove it from one of them",
+                            "error",
+                            "split_overlap",
+                        )
+                    )
                 continue
             owner[name] = split
             if name in pairs:
@@ -285,13 +329,25 @@ def _resolve_split_names(
                 missing.append(name)
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            problems.append(Problem(path, f"{len(missing)} name(s) in {split} have no image file: {shown}; "
-                                    "fix the names or add the files", "error", "missing_image"))
+            problems.append(
+                Problem(
+                    path,
+                    f"{len(missing)} name(s) in {split} have no image file: {shown}; fix the names or add the files",
+                    "error",
+                    "missing_image",
+                )
+            )
         splits[split] = sorted(kept)
     for name, (image_path, _) in pairs.items():
         if name not in owner:
-            problems.append(Problem(image_path, f"in no split of {path.name}; it is not used for train/val/test",
-                                    "warning", "unsplit_image"))
+            problems.append(
+                Problem(
+                    image_path,
+                    f"in no split of {path.name}; it is not used for train/val/test",
+                    "warning",
+                    "unsplit_image",
+                )
+            )
     return splits
 
 
@@ -339,8 +395,9 @@ def discover(
         pairs = _match_masks(images, masks, duplicated_images | duplicated_masks, problems)
     else:
         pairs = {}
-        problems.append(Problem(masks_dir, "no masks/ folder: no image has a mask; add masks/<name>.png",
-                                "error", "missing_mask"))
+        problems.append(
+            Problem(masks_dir, "no masks/ folder: no image has a mask; add masks/<name>.png", "error", "missing_mask")
+        )
     if not pairs and masks_dir.is_dir():
         problems.append(Problem(root, "no image/mask pairs found in images/ and masks/", "error", "no_pairs"))
 
@@ -356,7 +413,10 @@ def discover(
         val_source = f"listed in {split_source}"
     else:
         splits["train"], splits["val"] = carve_validation(splits.get("train", []), val_fraction, seed)
-        val_source = (f"carved from train ({val_fraction:.0%}, seed {seed}): {len(splits['val'])} images"
-                      if splits["val"] else "none (train too small or val_fraction 0)")
+        val_source = (
+            f"carved from train ({val_fraction:.0%}, seed {seed}): {len(splits['val'])} images"
+            if splits["val"]
+            else "none (train too small or val_fraction 0)"
+        )
     ordered = {split: splits[split] for split in SPLITS if split in splits}
     return DatasetIndex(root, pairs, ordered, split_source, val_source, problems)

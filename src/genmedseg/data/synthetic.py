@@ -68,8 +68,12 @@ def synthetic_pair(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray
     image = background * (1 - alpha) + lesion * alpha
 
     for _ in range(rng.integers(0, 4)):  # faint small spots that are not lesions
-        spot = gaussian_filter((np.hypot(yy - rng.uniform(0, size), xx - rng.uniform(0, size))
-                                < rng.uniform(1.5, 3.5) * size / 96).astype(np.float64), 1.0)
+        spot = gaussian_filter(
+            (np.hypot(yy - rng.uniform(0, size), xx - rng.uniform(0, size)) < rng.uniform(1.5, 3.5) * size / 96).astype(
+                np.float64
+            ),
+            1.0,
+        )
         image *= 1 - rng.uniform(0.1, 0.35) * spot[..., None]
 
     image *= 1 + rng.uniform(0.02, 0.08) * rng.standard_normal(image.shape)  # speckle
@@ -77,8 +81,9 @@ def synthetic_pair(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), mask
 
 
-def make_synthetic_dataset(out_dir: str | os.PathLike, n_train: int = 48, n_val: int = 12, n_test: int = 24,
-                           size: int = 96, seed: int = 0) -> Path:
+def make_synthetic_dataset(
+    out_dir: str | os.PathLike, n_train: int = 48, n_val: int = 12, n_test: int = 24, size: int = 96, seed: int = 0
+) -> Path:
     """Write a synthetic GMS-layout dataset to ``out_dir`` and return its path.
 
     Names are ``train_000``, ``val_000``, ``test_000``...; image ``k`` of a split depends only on ``(seed, split,
@@ -91,8 +96,10 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, n_train: int = 48, n_val:
         marker = out_dir / _PARAMETERS_FILE
         if marker.is_file() and json.loads(marker.read_text()) == parameters:
             return out_dir
-        raise DataError(f"{out_dir}: folder is not empty (or holds a synthetic set with other parameters); "
-                        "choose an empty folder or delete this one")
+        raise DataError(
+            f"{out_dir}: folder is not empty (or holds a synthetic set with other parameters); "
+            "choose an empty folder or delete this one"
+        )
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     splits = {"train": n_train, "val": n_val, "test": n_test}
     names: dict[str, dict[str, list[str]]] = {}

@@ -107,8 +107,9 @@ def resize_image(image: torch.Tensor, size: int | tuple[int, int], mode: str = "
         return image
     smooth = mode in ("bilinear", "bicubic")
     batch = image if image.ndim == 4 else image[None]
-    resized = functional.interpolate(batch, size=size, mode=mode, antialias=smooth,
-                                     align_corners=False if smooth else None)
+    resized = functional.interpolate(
+        batch, size=size, mode=mode, antialias=smooth, align_corners=False if smooth else None
+    )
     return resized if image.ndim == 4 else resized[0]
 
 
@@ -121,8 +122,9 @@ class AntialiasedResized(MapTransform):
     structures by half a pixel.
     """
 
-    def __init__(self, keys: Any, spatial_size: tuple[int, int], mode: Any = "bilinear",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: Any, spatial_size: tuple[int, int], mode: Any = "bilinear", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = spatial_size
         self.mode = ensure_tuple_rep(mode, len(self.keys))
@@ -151,8 +153,16 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
     the per-pixel gray level; non-RGB images get brightness and contrast only.
     """
 
-    def __init__(self, keys: Any, prob: float = 0.2, brightness: float = 0.1, contrast: float = 0.1,
-                 saturation: float = 0.1, hue: float = 0.1, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: Any,
+        prob: float = 0.2,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        saturation: float = 0.1,
+        hue: float = 0.1,
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
@@ -196,8 +206,9 @@ def _prepare_and_resize(size: tuple[int, int], image_key: str, mask_key: str) ->
     return [
         ScaleToUnitRanged(keys=image_key),
         BinariseMaskd(keys=mask_key),
-        AntialiasedResized(keys=keys, spatial_size=size, mode=("bilinear", "nearest-exact", "nearest-exact"),
-                           allow_missing_keys=True),
+        AntialiasedResized(
+            keys=keys, spatial_size=size, mode=("bilinear", "nearest-exact", "nearest-exact"), allow_missing_keys=True
+        ),
     ]
 
 
@@ -210,8 +221,9 @@ def _finish(image_key: str, mask_key: str) -> list[Any]:
     ]
 
 
-def eval_transforms(image_size: int | tuple[int, int] = 224, image_key: str = IMAGE_KEY,
-                    mask_key: str = MASK_KEY) -> Compose:
+def eval_transforms(
+    image_size: int | tuple[int, int] = 224, image_key: str = IMAGE_KEY, mask_key: str = MASK_KEY
+) -> Compose:
     """Deterministic evaluation pipeline: normalise by dtype, resize to ``image_size``, clip and binarise (class ids
     under ``labels``, when the input has them, follow the mask)."""
     size = _spatial_size(image_size)
@@ -241,8 +253,14 @@ def train_transforms(
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1, allow_missing_keys=True),
         RandRotate90d(keys=keys, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True),
-        RandColorJitterd(keys=image_key, prob=jitter_prob, brightness=jitter_strength, contrast=jitter_strength,
-                         saturation=jitter_strength, hue=jitter_strength),
+        RandColorJitterd(
+            keys=image_key,
+            prob=jitter_prob,
+            brightness=jitter_strength,
+            contrast=jitter_strength,
+            saturation=jitter_strength,
+            hue=jitter_strength,
+        ),
         RandAffined(
             keys=keys,
             prob=affine_prob,

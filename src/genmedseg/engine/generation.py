@@ -68,8 +68,10 @@ class Synthesizer:
         """A mask of class ids as ``(1, S, S)`` int64 at the input size (nearest), its ids checked."""
         ids = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None]
         if int(ids.max()) >= self.method.num_classes or int(ids.min()) < 0:
-            raise DataError(f"mask ids {int(ids.min())}..{int(ids.max())} outside 0..{self.method.num_classes - 1}, "
-                            f"the classes this model was trained with")
+            raise DataError(
+                f"mask ids {int(ids.min())}..{int(ids.max())} outside 0..{self.method.num_classes - 1}, "
+                f"the classes this model was trained with"
+            )
         size = (self.image_size, self.image_size)
         return resize_image(ids.float(), size, mode="nearest-exact").round().long()
 
@@ -123,7 +125,7 @@ def generate(
         masks = {name: read_label_map(sources[name]) for name in dict.fromkeys(name for name, _ in chunk)}
         keys = [f"{name}#{k}" for name, k in chunk]
         images = synthesizer.generate_batch([masks[name] for name, _ in chunk], keys, options)
-        for (name, k), key, image in zip(chunk, keys, images):
+        for (name, k), key, image in zip(chunk, keys, images, strict=True):
             stem = f"{name}_syn{k}"
             mask = synthesizer.resized_mask(masks[name])[0].numpy()
             _write_pair(out, stem, image, mask, synthesizer.method.num_classes)

@@ -9,6 +9,7 @@ all on the grid. Every extra map of a prediction (e.g. ``uncertainty``) is writt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -69,13 +70,15 @@ class Segmenter:
         prompts = None if boxes is None else [np.asarray(boxes, dtype=np.float32).reshape(-1, 4)]
         return self.predict_batch([array], prompts=prompts, sampling=sampling)[0]
 
-    def predict_proba(self, image: np.ndarray | str | os.PathLike, boxes: np.ndarray | None = None,
-                      sampling: Mapping | None = None) -> np.ndarray:
+    def predict_proba(
+        self, image: np.ndarray | str | os.PathLike, boxes: np.ndarray | None = None, sampling: Mapping | None = None
+    ) -> np.ndarray:
         """Foreground probability (float32, H x W, in [0, 1]) of one image (array or file)."""
         return self.predict_maps(image, boxes, sampling)[PROBABILITY]
 
-    def predict(self, image: np.ndarray | str | os.PathLike, boxes: np.ndarray | None = None,
-                sampling: Mapping | None = None) -> np.ndarray:
+    def predict(
+        self, image: np.ndarray | str | os.PathLike, boxes: np.ndarray | None = None, sampling: Mapping | None = None
+    ) -> np.ndarray:
         """Binary mask (bool, H x W) of one image (array or file): probability above ``THRESHOLD``."""
         return self.predict_proba(image, boxes, sampling) > THRESHOLD
 
@@ -99,10 +102,14 @@ class Segmenter:
         size = (self.image_size, self.image_size)
         batch = torch.stack([resize_image(torch.from_numpy(image).permute(2, 0, 1), size) for image in images])
         batch = batch.to(self.device, memory_format=MEMORY_FORMAT)
-        boxes = None if prompts is None else [
-            torch.from_numpy(scale_boxes(boxes, image.shape[:2], size)).to(self.device)
-            for boxes, image in zip(prompts, images)
-        ]
+        boxes = (
+            None
+            if prompts is None
+            else [
+                torch.from_numpy(scale_boxes(boxes, image.shape[:2], size)).to(self.device)
+                for boxes, image in zip(prompts, images, strict=True)
+            ]
+        )
         generators = None if seed is None else image_generators(seed, keys or map(str, range(len(images))))
         outputs: list[dict[str, np.ndarray]] = [{} for _ in images]
         for target, members in _group_by(sizes).items():
@@ -116,8 +123,9 @@ class Segmenter:
                 )
             maps = {PROBABILITY: prediction.probability, **prediction.maps}
             for position, index in enumerate(members):
-                outputs[index] = {name: values[position, 0].float().clamp(0, 1).cpu().numpy()
-                                  for name, values in maps.items()}
+                outputs[index] = {
+                    name: values[position, 0].float().clamp(0, 1).cpu().numpy() for name, values in maps.items()
+                }
         return outputs
 
 
@@ -201,7 +209,9 @@ def evaluate(
         raise ConfigError(f"{segmenter.method.name} takes no prompts; leave out --prompts")
     index = discover(data_root, split_file)
     if split not in index.splits or not index.splits[split]:
-        raise ConfigError(f"{data_root}: no {split!r} split; splits here: {sorted(k for k, v in index.splits.items() if v)}")
+        raise ConfigError(
+            f"{data_root}: no {split!r} split; splits here: {sorted(k for k, v in index.splits.items() if v)}"
+        )
     folder = _prediction_folders(out)
     rows, maps = [], set()
     position = {name: number for number, name in enumerate(index.splits[split])}
@@ -209,11 +219,13 @@ def evaluate(
         images = [read_image(index.pairs[name][0]) for name in names]
         truths = [read_mask(index.pairs[name][1]) for name in names]
         grids = [metric_grid(resolution, segmenter.image_size, truth.shape) for truth in truths]
-        boxes = None if prompts is None else [
-            prompts.boxes_for(name, truth, position[name]) for name, truth in zip(names, truths)
-        ]
+        boxes = (
+            None
+            if prompts is None
+            else [prompts.boxes_for(name, truth, position[name]) for name, truth in zip(names, truths, strict=True)]
+        )
         predictions = segmenter.predict_batch(images, sizes=grids, prompts=boxes, keys=names, sampling=options)
-        for name, truth, grid, prediction in zip(names, truths, grids, predictions):
+        for name, truth, grid, prediction in zip(names, truths, grids, predictions, strict=True):
             if grid != truth.shape:
                 truth = resize_image(torch.from_numpy(truth)[None].float(), grid, mode="nearest-exact")[0].numpy() > 0.5
             mask = _write_prediction(folder, name, prediction)
@@ -250,10 +262,9 @@ def _record_evaluation(model_folder: Path, evaluation: Path) -> None:
         return
     folders = [entry for entry in record.get("evaluations", []) if entry != str(evaluation.resolve())]
     record["evaluations"] = [*folders, str(evaluation.resolve())]
-    try:
+    # A read-only run folder: the evaluation itself is written; only the runs table will not find it.
+    with contextlib.suppress(OSError):
         atomic_write(run.record, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
-    except OSError:
-        pass  # a read-only run folder: the evaluation itself is written; only the runs table will not find it
 
 
 def _prediction_folders(out: str | Path) -> EvaluationFolder:
@@ -341,9 +352,10 @@ def predict(
         if not readable:
             continue
         boxes = None if prompts is None else [prompts.boxes_for(path.stem, None, 0) for path, _ in readable]
-        predictions = segmenter.predict_batch([image for _, image in readable], prompts=boxes,
-                                              keys=[path.stem for path, _ in readable], sampling=options)
-        for (path, _), prediction in zip(readable, predictions):
+        predictions = segmenter.predict_batch(
+            [image for _, image in readable], prompts=boxes, keys=[path.stem for path, _ in readable], sampling=options
+        )
+        for (path, _), prediction in zip(readable, predictions, strict=True):
             _write_prediction(folder, path.stem, prediction)
             written.append(folder.masks / f"{path.stem}.png")
     if failures:

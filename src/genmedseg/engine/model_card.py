@@ -10,20 +10,29 @@ EVALUATION_HEADING = "## Evaluation"
 
 
 USE = {
-    "segmenter": ("Binary 2D segmentation model trained with genmedseg. Load it with `genmedseg.load(FOLDER)` or run\n"
-                  "`genmedseg predict FOLDER IMAGES --out DIR`."),
-    "generator": ("Mask-to-image generator trained with genmedseg. Load it with `genmedseg.load(FOLDER)` or run\n"
-                  "`genmedseg generate FOLDER --masks DATA --out NEW_DATA`."),
+    "segmenter": (
+        "Binary 2D segmentation model trained with genmedseg. Load it with `genmedseg.load(FOLDER)` or run\n"
+        "`genmedseg predict FOLDER IMAGES --out DIR`."
+    ),
+    "generator": (
+        "Mask-to-image generator trained with genmedseg. Load it with `genmedseg.load(FOLDER)` or run\n"
+        "`genmedseg generate FOLDER --masks DATA --out NEW_DATA`."
+    ),
 }
 
 
 def render_model_card(config: RunConfig, summary: dict[str, Any], pretrained: dict[str, dict[str, str]]) -> str:
     """Markdown card written at the end of training; evaluation results are appended by ``add_evaluation``."""
     best = summary["best_val"]
-    selected = (f"best validation {best['metric']} = {best['value']:.4f}" if best["value"] is not None
-                else "the last epoch (no validation ran)")
-    parts = [f"- frozen {role}: `{part['source']}` ({part['origin']}; sha256 {part['sha256'][:16]}...)"
-             for role, part in pretrained.items()]
+    selected = (
+        f"best validation {best['metric']} = {best['value']:.4f}"
+        if best["value"] is not None
+        else "the last epoch (no validation ran)"
+    )
+    parts = [
+        f"- frozen {role}: `{part['source']}` ({part['origin']}; sha256 {part['sha256'][:16]}...)"
+        for role, part in pretrained.items()
+    ]
     lines = [
         f"# genmedseg model: {summary['model']}",
         "",
@@ -68,7 +77,10 @@ def add_evaluation(card: str, data: str, split: str, summary: dict[str, Any]) ->
         rows.append(f"| {metric} | {values['mean']:.4f} | {values['std']:.4f} | {values['n']} |")
     section = "\n".join([title, "", *rows, ""])
     if EVALUATION_HEADING not in card:
-        card = card.rstrip("\n") + f"\n\n{EVALUATION_HEADING}\n\nHD95 in pixels on the metric grid (native: each image's own size).\n"
+        card = (
+            card.rstrip("\n")
+            + f"\n\n{EVALUATION_HEADING}\n\nHD95 in pixels on the metric grid (native: each image's own size).\n"
+        )
     if title in card:
         start = card.index(title)
         end = card.find("\n### ", start + 1)

@@ -100,8 +100,14 @@ class MethodTask(L.LightningModule):
         # One generator per image, seeded by its name: a sampling method sees the same noise every epoch.
         generators = image_generators(self.train_config.seed, batch["name"])
         for name, values in self.method.validation_metrics(batch, generator=generators).items():
-            self.log(f"val_{name}", values.float().mean(), prog_bar=f"val_{name}" == self.monitored, on_epoch=True,
-                     batch_size=values.numel(), sync_dist=True)
+            self.log(
+                f"val_{name}",
+                values.float().mean(),
+                prog_bar=f"val_{name}" == self.monitored,
+                on_epoch=True,
+                batch_size=values.numel(),
+                sync_dist=True,
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.train_config
@@ -131,8 +137,9 @@ class MethodTask(L.LightningModule):
         prefixes = self.frozen_keys()
         for key in ("state_dict", "current_model_state"):  # the second one is the EMA callback's live weights
             if key in checkpoint:
-                checkpoint[key] = {name: value for name, value in checkpoint[key].items()
-                                   if not name.startswith(prefixes)}
+                checkpoint[key] = {
+                    name: value for name, value in checkpoint[key].items() if not name.startswith(prefixes)
+                }
         checkpoint["frozen_parts"] = self.frozen
         # Lightning restores model, optimiser, scheduler and loop counters; the random streams are ours to keep,
         # so that a resumed run draws the same latent samples as an uninterrupted one. Only tensors and plain

@@ -67,14 +67,22 @@ class PreviewWriter(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        if trainer.sanity_checking or not trainer.is_global_zero or (epoch % self.every and epoch != trainer.max_epochs):
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or (epoch % self.every and epoch != trainer.max_epochs)
+        ):
             return
-        batch = {key: value.to(pl_module.device) if isinstance(value, torch.Tensor) else value
-                 for key, value in self.batch.items()}
+        batch = {
+            key: value.to(pl_module.device) if isinstance(value, torch.Tensor) else value
+            for key, value in self.batch.items()
+        }
         with torch.no_grad():
             panels = pl_module.method.preview(batch, generator=image_generators(self.seed, batch["name"]))
-        write_preview_grid(self.folder / f"epoch_{epoch:04d}.png",
-                           {name: values.detach().float().cpu().numpy() for name, values in panels.items()})
+        write_preview_grid(
+            self.folder / f"epoch_{epoch:04d}.png",
+            {name: values.detach().float().cpu().numpy() for name, values in panels.items()},
+        )
 
 
 def is_worker_rank() -> bool:
@@ -118,8 +126,9 @@ def make_loaders(
 ) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
     """Training loader (seeded shuffling and augmentation) and validation loader."""
     data, train = config.data, config.train
-    train_set = SegmentationDataset(index, "train", data.image_size, augment=data.augment, seed=train.seed,
-                                    labels=labels)
+    train_set = SegmentationDataset(
+        index, "train", data.image_size, augment=data.augment, seed=train.seed, labels=labels
+    )
     val_set = SegmentationDataset(index, "val", data.image_size, augment=False, labels=labels)
     common = {"num_workers": data.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
@@ -149,7 +158,9 @@ def fit(
     if resume and not run.last_checkpoint.is_file():
         raise ConfigError(f"{run.path}: nothing to resume (no {run.last_checkpoint.name}); start a new run with --out")
     if not resume and run.is_run() and not is_worker_rank():
-        raise ConfigError(f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out")
+        raise ConfigError(
+            f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
+        )
     cls = get_model_class(config.model.name)
     check_options(cls, config.model.options)
     index, data_warnings = assert_dataset_ok(
@@ -161,16 +172,21 @@ def fit(
     sources = resolve_pretrained(cls, config.model.pretrained, record.get("pretrained", {}))
 
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    method = cls.create(pretrained={role: source.source for role, source in sources.items()},
-                        image_size=config.data.image_size, **config.model.options)
-    frozen = {role: {"source": sources[role].source, "origin": sources[role].origin, "sha256": state_checksum(module)}
-              for role, module in method.frozen_modules().items()}
+    method = cls.create(
+        pretrained={role: source.source for role, source in sources.items()},
+        image_size=config.data.image_size,
+        **config.model.options,
+    )
+    frozen = {
+        role: {"source": sources[role].source, "origin": sources[role].origin, "sha256": state_checksum(module)}
+        for role, module in method.frozen_modules().items()
+    }
     task = MethodTask(method, config.train, frozen)
     train_set, train_loader, val_loader = make_loaders(config, index, labels=cls.uses_label_maps)
     if not is_worker_rank():
         _write_run_folder(run, config, index, frozen, record)
 
-    metric, mode = cls.monitor
+    mode = cls.monitor[1]
     # Two callbacks, best before last: Lightning writes "last" only when the monitored one saved, and the last
     # checkpoint must carry the best callback's updated state for an exact resume.
     best, last = (
@@ -187,8 +203,11 @@ def fit(
     )
     extra: list[Callback] = []
     if config.train.preview_every:
-        extra.append(PreviewWriter(run.previews, _first_items(val_loader, PREVIEW_IMAGES), config.train.preview_every,
-                                   config.train.seed))
+        extra.append(
+            PreviewWriter(
+                run.previews, _first_items(val_loader, PREVIEW_IMAGES), config.train.preview_every, config.train.seed
+            )
+        )
     if config.train.ema_decay:
         extra.append(ExponentialMovingAverage(config.train.ema_decay))  # after the previews: see PreviewWriter
     trainer = L.Trainer(
@@ -238,17 +257,24 @@ def _write_run_folder(
     """``config.yaml`` and ``run.json``: what a moved or copied run folder needs to be continued and reloaded."""
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write(run.config, config.to_yaml)
-    write_run_record(run, {
-        **record,
-        "data": str(index.root.resolve()),
-        "pretrained": {role: {"source": part["source"], "origin": part["origin"]} for role, part in frozen.items()},
-        "versions": _versions(),
-    })
+    write_run_record(
+        run,
+        {
+            **record,
+            "data": str(index.root.resolve()),
+            "pretrained": {role: {"source": part["source"], "origin": part["origin"]} for role, part in frozen.items()},
+            "versions": _versions(),
+        },
+    )
 
 
 def _versions() -> dict[str, str]:
-    return {"genmedseg": genmedseg.__version__, "torch": torch.__version__, "lightning": L.__version__,
-            "python": platform.python_version()}
+    return {
+        "genmedseg": genmedseg.__version__,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _finish_run(
@@ -273,8 +299,11 @@ def _finish_run(
         "image_size": config.data.image_size,
         "epochs_done": trainer.current_epoch,
         "epochs": config.train.epochs,
-        "best_val": {"metric": metric, "mode": mode,
-                     "value": float(best.best_model_score) if best.best_model_score is not None else None},
+        "best_val": {
+            "metric": metric,
+            "mode": mode,
+            "value": float(best.best_model_score) if best.best_model_score is not None else None,
+        },
         "best_checkpoint": str(checkpoint.relative_to(run.path)),
         "trainable_parameters": method.num_trainable_parameters(),
         "parameters": method.num_parameters(),

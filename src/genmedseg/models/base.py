@@ -235,8 +235,10 @@ class Method(nn.Module):
         unknown = sorted(set(given) - set(cls.sampling_options))
         if unknown:
             if not cls.sampling_options:
-                raise ConfigError(f"--sample {unknown[0]}: {cls.name} takes no sampling options "
-                                  "(it gives one deterministic answer per image)")
+                raise ConfigError(
+                    f"--sample {unknown[0]}: {cls.name} takes no sampling options "
+                    "(it gives one deterministic answer per image)"
+                )
             valid = "; ".join(option.describe(key) for key, option in cls.sampling_options.items())
             raise ConfigError(f"--sample: unknown key(s) {', '.join(unknown)} for {cls.name}; valid keys: {valid}")
         return {key: option.parse(key, given.get(key, option.default)) for key, option in cls.sampling_options.items()}
@@ -313,15 +315,21 @@ class SegmentationMethod(Method):
     def validation_metrics(self, batch: dict[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
         from genmedseg.metrics import batch_dice
 
-        prediction = self.predict(batch["image"], prompts=self.validation_prompts(batch), generator=generator,
-                                  **self.validation_sampling)
+        prediction = self.predict(
+            batch["image"], prompts=self.validation_prompts(batch), generator=generator, **self.validation_sampling
+        )
         return {"dice": batch_dice(prediction.probability, batch["mask"])}
 
     def preview(self, batch: dict[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
-        prediction = self.predict(batch["image"], prompts=self.validation_prompts(batch), generator=generator,
-                                  **self.validation_sampling)
-        return {"image": batch["image"], "ground truth": batch["mask"], "probability": prediction.probability,
-                **prediction.maps}
+        prediction = self.predict(
+            batch["image"], prompts=self.validation_prompts(batch), generator=generator, **self.validation_sampling
+        )
+        return {
+            "image": batch["image"],
+            "ground truth": batch["mask"],
+            "probability": prediction.probability,
+            **prediction.maps,
+        }
 
 
 class GenerationMethod(Method):

@@ -29,7 +29,9 @@ class LatentSegmentationMethod(SegmentationMethod):
     autoencoder: nn.Module
     mapping: nn.Module
 
-    def __init__(self, image_size: int, supervised_heads: Sequence[str], latent_weight: float, dice_weight: float) -> None:
+    def __init__(
+        self, image_size: int, supervised_heads: Sequence[str], latent_weight: float, dice_weight: float
+    ) -> None:
         super().__init__(image_size)
         self.supervised_heads = tuple(supervised_heads)
         self.latent_weight = latent_weight

@@ -87,9 +87,7 @@ class SKFF(nn.Module):
         self.band_channels = band_channels
         self.num_bands = num_bands
         self.squeeze = nn.Sequential(nn.Conv2d(band_channels, squeeze_channels, 1, bias=False), nn.PReLU())
-        self.expand = nn.ModuleList(
-            nn.Conv2d(squeeze_channels, band_channels, 1, bias=False) for _ in range(num_bands)
-        )
+        self.expand = nn.ModuleList(nn.Conv2d(squeeze_channels, band_channels, 1, bias=False) for _ in range(num_bands))
 
     def forward(self, detail_bands: Tensor) -> Tensor:
         """Fuse ``(B, num_bands * band_channels, H, W)`` bands into ``(B, band_channels, H, W)``."""
@@ -162,7 +160,7 @@ class _DeepSupervisedUNet(nn.Module):
 
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.encoder = nn.ModuleList(
-            block(block_in, block_out) for block_in, block_out in zip([channels, *widths[:-1]], widths)
+            block(block_in, block_out) for block_in, block_out in zip([channels, *widths[:-1]], widths, strict=True)
         )
         # Decoder i joins the previous decoder output with the skip one level up; the last skip is the stem.
         skip_widths = [channels, *widths[:-1]][::-1]
@@ -178,7 +176,7 @@ class _DeepSupervisedUNet(nn.Module):
                     nn.SiLU(),
                     nn.Conv2d(head_width, out_channels, 3, padding=1, bias=head_bias),
                 )
-                for head, head_width in zip(HEAD_NAMES, skip_widths)
+                for head, head_width in zip(HEAD_NAMES, skip_widths, strict=True)
             }
         )
 
@@ -202,7 +200,8 @@ class _DeepSupervisedUNet(nn.Module):
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop()], dim=1), guidance)
             decoded.append(h)
-        return {name: self.heads[name](features) for name, features in zip(HEAD_NAMES, decoded) if name in self.heads}
+        pairs = zip(HEAD_NAMES, decoded, strict=True)
+        return {name: self.heads[name](features) for name, features in pairs if name in self.heads}
 
 
 class ResAttnUNetDS(_DeepSupervisedUNet):

@@ -12,6 +12,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from genmedseg.config import RunConfig
 from genmedseg.errors import ConfigError, WeightsError
 from genmedseg.folders import ModelFolder, model_folder_of
 from genmedseg.models.base import Method
@@ -44,6 +45,14 @@ def check_options(cls: type[Method], options: dict[str, Any]) -> None:
         raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; its options: {valid}")
 
 
+def default_run_config(name: str) -> RunConfig:
+    """The defaults of a run of method ``name``: genmedseg's, then the method's own ``training_defaults``."""
+    config = RunConfig()
+    config.override("model", name=name)
+    config.override("train", _source=f"training defaults of {name}", **get_model_class(name).training_defaults)
+    return config
+
+
 def create_model(name: str, pretrained: dict[str, str | None] | None = None, **options: Any) -> Method:
     """A new model of method ``name``, its frozen parts loaded from ``pretrained`` (role -> source)."""
     cls = get_model_class(name)
@@ -55,8 +64,10 @@ def require_role(method: Method | type[Method], verb: str) -> None:
     """Refuse a verb that does not fit the method's role, with the verbs that do."""
     if verb not in ROLE_VERBS.get(method.role, ()):
         fitting = ", ".join(f"`genmedseg {v}`" for v in ROLE_VERBS.get(method.role, ()))
-        raise ConfigError(f"{method.name} is a {method.role}, and `genmedseg {verb}` needs a {_role_of_verb(verb)}; "
-                          f"use {fitting} with this model")
+        raise ConfigError(
+            f"{method.name} is a {method.role}, and `genmedseg {verb}` needs a {_role_of_verb(verb)}; "
+            f"use {fitting} with this model"
+        )
 
 
 def _role_of_verb(verb: str) -> str:
@@ -98,13 +109,15 @@ def describe_models() -> list[dict[str, Any]]:
     pretrained parts and sampling keys."""
     rows = []
     for name, cls in sorted(MODELS.items()):
-        rows.append({
-            "name": name,
-            "role": cls.role,
-            "summary": (cls.__doc__ or "").strip().splitlines()[0],
-            "trainable_parameters": cls.with_random_weights(tiny=True).num_trainable_parameters(),
-            "pretrained": {role: part.description for role, part in cls.pretrained_parts.items()},
-            "sampling": [option.describe(key) for key, option in cls.sampling_options.items()],
-            "prompts": getattr(cls, "prompt_kind", None),
-        })
+        rows.append(
+            {
+                "name": name,
+                "role": cls.role,
+                "summary": (cls.__doc__ or "").strip().splitlines()[0],
+                "trainable_parameters": cls.with_random_weights(tiny=True).num_trainable_parameters(),
+                "pretrained": {role: part.description for role, part in cls.pretrained_parts.items()},
+                "sampling": [option.describe(key) for key, option in cls.sampling_options.items()],
+                "prompts": getattr(cls, "prompt_kind", None),
+            }
+        )
     return rows

@@ -38,7 +38,9 @@ class UNet(SegmentationMethod):
     ) -> None:
         super().__init__(image_size)
         self.options = {"image_size": image_size, "features": list(features), "dropout": dropout}
-        self.network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=tuple(features), dropout=dropout)
+        self.network = BasicUNet(
+            spatial_dims=2, in_channels=3, out_channels=1, features=tuple(features), dropout=dropout
+        )
         # Dice on sigmoid probabilities + BCE on logits (MONAI >= 1.3 computes BCE for one-channel outputs).
         self.loss = DiceCELoss(sigmoid=True)
 

@@ -230,7 +230,9 @@ class WaveletEncoder(nn.Module):
         coarsest = max(self.levels)
         features = [
             F.avg_pool2d(extractor(bands), 2 ** (coarsest - level))
-            for extractor, bands, level in zip(self.extractors, haar_pyramid(images01, self.levels), self.levels)
+            for extractor, bands, level in zip(
+                self.extractors, haar_pyramid(images01, self.levels), self.levels, strict=True
+            )
         ]
         mean, logvar = self.aggregator(torch.cat(features, dim=1)).chunk(2, dim=1)
         return mean, logvar.clamp(*self.logvar_range)

@@ -18,7 +18,13 @@ from genmedseg.errors import DataError
 
 # Okabe-Ito colours.
 BLUE, ORANGE, SKY_BLUE, GREEN, VERMILLION, PURPLE, YELLOW = (
-    "#0072B2", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#F0E442",
+    "#0072B2",
+    "#E69F00",
+    "#56B4E9",
+    "#009E73",
+    "#D55E00",
+    "#CC79A7",
+    "#F0E442",
 )
 
 
@@ -53,7 +59,6 @@ def png_img(figure: Any, dpi: int, alt: str) -> str:
     width, height = Image.open(io.BytesIO(png)).size
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" alt="{html.escape(alt)}">'
-
 
 
 def read_json(path: Path, fix: str) -> dict[str, Any]:

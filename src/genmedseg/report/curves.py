@@ -65,8 +65,11 @@ def _read_log_file(path: Path) -> dict[int, dict[str, float]]:
                 continue
             try:
                 epoch = int(float(epoch_text))
-                values = {key: float(text) for key, text in row.items()
-                          if key not in ("epoch", "step") and text is not None and text.strip()}
+                values = {
+                    key: float(text)
+                    for key, text in row.items()
+                    if key not in ("epoch", "step") and text is not None and text.strip()
+                }
             except (TypeError, ValueError) as error:
                 raise DataError(f"{path}, line {line}: not a number ({error}); the log is damaged") from None
             epochs.setdefault(epoch, {}).update(values)
@@ -99,24 +102,32 @@ def plot_training_curves(
         for number, epoch in enumerate(log.resumed_at):
             axes.axvline(epoch - 0.5, color="grey", linestyle=":", label="resumed" if number == 0 else None)
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(frameon=False, loc="lower right" if monitor[1] == "max" and axes is validation_axes
-                        else "upper right")
+            axes.legend(
+                frameon=False, loc="lower right" if monitor[1] == "max" and axes is validation_axes else "upper right"
+            )
     png = png_bytes(figure, dpi)
     atomic_write(run.curves, lambda temporary: temporary.write_bytes(png))
     return run.curves
 
 
 def _plot_losses(axes: Any, values: Mapping[int, Mapping[str, float]], log_range: float = 10.0) -> None:
-    columns = sorted({key for row in values.values() for key in row if key.startswith("train_")},
-                     key=lambda key: (key != "train_loss", key))
+    columns = sorted(
+        {key for row in values.values() for key in row if key.startswith("train_")},
+        key=lambda key: (key != "train_loss", key),
+    )
     colours = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW)
     plotted = []
     for number, column in enumerate(columns):
         epochs = [epoch for epoch, row in values.items() if column in row]
         losses = [values[epoch][column] for epoch in epochs]
         plotted.extend(losses)
-        axes.plot(epochs, losses, color=colours[number % len(colours)],
-                  linewidth=2.5 if column == "train_loss" else 1.5, label=column.removeprefix("train_"))
+        axes.plot(
+            epochs,
+            losses,
+            color=colours[number % len(colours)],
+            linewidth=2.5 if column == "train_loss" else 1.5,
+            label=column.removeprefix("train_"),
+        )
     if plotted and min(plotted) > 0 and max(plotted) > log_range * min(plotted):
         axes.set_yscale("log")
     axes.set_title("training loss and its parts")
@@ -134,5 +145,12 @@ def _plot_validation(axes: Any, values: Mapping[int, Mapping[str, float]], metri
     scores = [values[epoch][column] for epoch in epochs]
     axes.plot(epochs, scores, color=BLUE, marker="o", markersize=3, label=label)
     best = int(np.argmax(scores) if mode == "max" else np.argmin(scores))
-    axes.plot([epochs[best]], [scores[best]], linestyle="none", marker="*", markersize=14, color=VERMILLION,
-              label=f"best {scores[best]:.4f} (epoch {epochs[best]})")
+    axes.plot(
+        [epochs[best]],
+        [scores[best]],
+        linestyle="none",
+        marker="*",
+        markersize=14,
+        color=VERMILLION,
+        label=f"best {scores[best]:.4f} (epoch {epochs[best]})",
+    )

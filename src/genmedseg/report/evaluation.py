@@ -58,8 +58,9 @@ def write_report(
     """Write ``evaluation_dir/report.html`` and return its path.
 
     ``evaluation_dir`` is what ``genmedseg evaluate`` wrote (``metrics.csv``, ``summary.json``, ``masks/``,
-    ``probabilities/`` and a folder per extra map named in ``summary.json``). Images and ground truth are read from ``data_root``, by default the dataset recorded in
-    ``summary.json`` (give ``data_root`` if it has moved; ``split_file`` if the folder holds several split files).
+    ``probabilities/`` and a folder per extra map named in ``summary.json``). Images and ground truth are read from
+    ``data_root``, by default the dataset recorded in ``summary.json`` (give ``data_root`` if it has moved;
+    ``split_file`` if the folder holds several split files).
     ``n_cases`` overlays are drawn for each of the worst, median and best cases by Dice (ties broken by name); with
     ``3 * n_cases`` images or fewer, every image is drawn once. Numbers are shown with ``digits`` decimals.
     """
@@ -68,8 +69,11 @@ def write_report(
     folder = EvaluationFolder(Path(evaluation_dir))
     summary = _read_evaluation_summary(folder.summary)
     cases = _read_metrics(folder.metrics)
-    hint = ("check the data_root you gave" if data_root else
-            "the dataset recorded in summary.json is used; pass data_root (--data) if it has moved")
+    hint = (
+        "check the data_root you gave"
+        if data_root
+        else "the dataset recorded in summary.json is used; pass data_root (--data) if it has moved"
+    )
     pairs = _dataset_pairs(Path(data_root or summary["data"]), split_file, [case.name for case in cases], hint)
     lesion_fraction = {case.name: float(read_mask(pairs[case.name][1]).mean()) for case in cases}
 
@@ -78,14 +82,26 @@ def write_report(
     figure_ids = {name: _anchor("figure", name) for _, names in groups for name in names}
     sections = [
         ("summary", "summary", _summary_section(summary, digits)),
-        ("distributions", "distributions",
-         png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95")),
-        ("size", "Dice against lesion size",
-         png_img(_size_figure(cases, lesion_fraction), dpi, "Dice against the ground-truth foreground fraction")),
-        ("cases", "cases", _cases_section(groups, by_name, pairs, folder, summary.get("maps", []), lesion_fraction,
-                                          digits, dpi)),
-        ("metrics", f"per-image metrics ({folder.metrics.name})",
-         _metrics_section(cases, lesion_fraction, figure_ids, digits)),
+        (
+            "distributions",
+            "distributions",
+            png_img(_distribution_figure(cases), dpi, "Histograms and box plots of Dice, IoU and HD95"),
+        ),
+        (
+            "size",
+            "Dice against lesion size",
+            png_img(_size_figure(cases, lesion_fraction), dpi, "Dice against the ground-truth foreground fraction"),
+        ),
+        (
+            "cases",
+            "cases",
+            _cases_section(groups, by_name, pairs, folder, summary.get("maps", []), lesion_fraction, digits, dpi),
+        ),
+        (
+            "metrics",
+            f"per-image metrics ({folder.metrics.name})",
+            _metrics_section(cases, lesion_fraction, figure_ids, digits),
+        ),
     ]
     title = f"{_model_label(summary['model'])} on {Path(summary['data']).name} ({summary['split']})"
     page = _page(title, sections)
@@ -126,13 +142,22 @@ def _read_metrics(path: Path) -> list[_Case]:
         raise DataError(f"{path}: no rows; {fix}")
     try:
         return [
-            _Case(row["name"], float(row["dice"]), float(row["iou"]), float(row["hd95"]),
-                  _flag(row["gt_empty"]), _flag(row["pred_empty"]), _flag(row.get("pred_full") or "False"))
+            _Case(
+                row["name"],
+                float(row["dice"]),
+                float(row["iou"]),
+                float(row["hd95"]),
+                _flag(row["gt_empty"]),
+                _flag(row["pred_empty"]),
+                _flag(row.get("pred_full") or "False"),
+            )
             for row in rows
         ]
     except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{path}: unexpected content ({type(error).__name__}: {error}); the columns must be "
-                        f"name,dice,iou,hd95,gt_empty,pred_empty(,pred_full); {fix}") from None
+        raise DataError(
+            f"{path}: unexpected content ({type(error).__name__}: {error}); the columns must be "
+            f"name,dice,iou,hd95,gt_empty,pred_empty(,pred_full); {fix}"
+        ) from None
 
 
 def _flag(text: str) -> bool:
@@ -146,8 +171,9 @@ def _flag(text: str) -> bool:
 def _read_evaluation_summary(path: Path) -> dict[str, Any]:
     fix = "run `genmedseg evaluate RUN --data DIR --out EVAL` (again)"
     summary = read_json(path, fix)
-    missing = [key for key in (*METRIC_NAMES, "n_gt_empty", "n_pred_empty", "model", "data", "split")
-               if key not in summary]
+    missing = [
+        key for key in (*METRIC_NAMES, "n_gt_empty", "n_pred_empty", "model", "data", "split") if key not in summary
+    ]
     if missing:
         raise DataError(f"{path}: not an evaluation summary (no {', '.join(missing)}); {fix}")
     return summary
@@ -177,8 +203,9 @@ def _distribution_figure(cases: Sequence[_Case]) -> Any:
         upper = 1.0 if name in ("dice", "iou") else max(float(values.max()), 1.0)
         histogram = figure.add_subplot(grid[0, column])
         histogram.hist(values, bins=np.linspace(0.0, upper, 21), color=BLUE, edgecolor="white")
-        histogram.axvline(values.mean(), color=VERMILLION, linestyle="--", linewidth=2,
-                          label=f"mean {values.mean():.3f}")
+        histogram.axvline(
+            values.mean(), color=VERMILLION, linestyle="--", linewidth=2, label=f"mean {values.mean():.3f}"
+        )
         histogram.set_title(_METRIC_LABELS[name])
         histogram.set_ylabel("images")
         histogram.legend(loc="upper center" if name in ("dice", "iou") else "upper right", frameon=False)
@@ -196,8 +223,15 @@ def _size_figure(cases: Sequence[_Case], lesion_fraction: Mapping[str, float]) -
     for empty, colour, marker, label in ((False, BLUE, "o", "images"), (True, VERMILLION, "x", "empty ground truth")):
         chosen = [case for case in cases if case.gt_empty == empty]
         if chosen:
-            axes.scatter([100.0 * lesion_fraction[case.name] for case in chosen], [case.dice for case in chosen],
-                         color=colour, marker=marker, s=28, alpha=0.8, label=f"{label} ({len(chosen)})")
+            axes.scatter(
+                [100.0 * lesion_fraction[case.name] for case in chosen],
+                [case.dice for case in chosen],
+                color=colour,
+                marker=marker,
+                s=28,
+                alpha=0.8,
+                label=f"{label} ({len(chosen)})",
+            )
     axes.set_xlabel("lesion size: ground-truth foreground (% of the image)")
     axes.set_ylabel("Dice")
     axes.set_ylim(-0.03, 1.03)
@@ -228,7 +262,7 @@ def _case_figure(
     figure = new_figure(panels * panel_width + 0.9 * (1 + len(maps)), panel_height + 0.9)
     image_axes, outline_axes, probability_axes, *map_axes = figure.subplots(1, panels)
     titles = ("image", "outlines", "probability", *maps)
-    for axes, title in zip((image_axes, outline_axes, probability_axes, *map_axes), titles):
+    for axes, title in zip((image_axes, outline_axes, probability_axes, *map_axes), titles, strict=True):
         axes.set_title(title)
         axes.set_axis_off()
     image_axes.imshow(image, extent=extent)
@@ -238,16 +272,26 @@ def _case_figure(
     for mask, style, label in outlines:
         if mask.any():
             _draw_outline(outline_axes, mask, (height, width), style)
-        handles.append(Line2D([], [], color=style["colors"], linestyle=style["linestyles"], linewidth=2.5,
-                              label=label if mask.any() else f"{label}: empty"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=style["colors"],
+                linestyle=style["linestyles"],
+                linewidth=2.5,
+                label=label if mask.any() else f"{label}: empty",
+            )
+        )
     outline_axes.set_xlim(extent[0], extent[1])
     outline_axes.set_ylim(extent[2], extent[3])
-    shown = probability_axes.imshow(probability, extent=extent, cmap="viridis", vmin=0.0, vmax=1.0,
-                                    interpolation="nearest")
+    shown = probability_axes.imshow(
+        probability, extent=extent, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
     figure.colorbar(shown, ax=probability_axes, shrink=0.85, label="foreground probability")
-    for axes, (name, values) in zip(map_axes, maps.items()):
-        shown = axes.imshow(values, extent=extent, cmap="magma", vmin=0.0, vmax=max(float(values.max()), 1e-6),
-                            interpolation="nearest")
+    for axes, (name, values) in zip(map_axes, maps.items(), strict=True):
+        shown = axes.imshow(
+            values, extent=extent, cmap="magma", vmin=0.0, vmax=max(float(values.max()), 1e-6), interpolation="nearest"
+        )
         figure.colorbar(shown, ax=axes, shrink=0.85, label=name)
     figure.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
     return figure
@@ -279,7 +323,7 @@ def _summary_section(summary: Mapping[str, Any], digits: int) -> str:
     for name in METRIC_NAMES:
         cells = "".join(
             f'<td class="num" id="summary-{name}-{key}">'
-            f'{_number(summary[name][key], digits) if key != "n" else int(summary[name][key])}</td>'
+            f"{_number(summary[name][key], digits) if key != 'n' else int(summary[name][key])}</td>"
             for key in ("mean", "std", "n")
         )
         rows.append(f"<tr><th>{_METRIC_LABELS[name]}</th>{cells}</tr>")
@@ -320,10 +364,16 @@ def _cases_section(
 ) -> str:
     if not groups:
         return ""
-    headings = {"worst": "Worst {n} by Dice", "median": "Median {n} by Dice", "best": "Best {n} by Dice",
-                "all": "All {n} images, by Dice"}
-    parts = ['<p class="note">Outlines: ground truth solid sky blue, prediction dashed orange. Ascending Dice within '
-             "each group; the name links to the image's row of the metrics table.</p>"]
+    headings = {
+        "worst": "Worst {n} by Dice",
+        "median": "Median {n} by Dice",
+        "best": "Best {n} by Dice",
+        "all": "All {n} images, by Dice",
+    }
+    parts = [
+        '<p class="note">Outlines: ground truth solid sky blue, prediction dashed orange. Ascending Dice within '
+        "each group; the name links to the image's row of the metrics table.</p>"
+    ]
     for group, names in groups:
         parts.append(f'<h3 id="cases-{group}">{headings[group].format(n=len(names))}</h3>')
         for name in names:
@@ -334,8 +384,10 @@ def _cases_section(
                 read_mask(mask_path),
                 read_mask(_evaluation_file(folder.masks, name)),
                 read_probability_png(_evaluation_file(folder.probabilities, name)),
-                {map_name: read_probability_png(_evaluation_file(folder.map_folder(map_name), name))
-                 for map_name in map_names},
+                {
+                    map_name: read_probability_png(_evaluation_file(folder.map_folder(map_name), name))
+                    for map_name in map_names
+                },
             )
             shown = ", ".join(("image, outlines and probability map", *map_names))
             parts.append(_case_block(case, lesion_fraction[name], digits, png_img(figure, dpi, f"{name}: {shown}")))

@@ -31,8 +31,10 @@ def preview_grid(panels: Mapping[str, np.ndarray]) -> Image.Image:
         for row, values in enumerate(panels[name]):
             pixels = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
             tile = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-            grid.paste(tile.convert("RGB").resize((width, height), Image.NEAREST),
-                       (x, HEADER_PIXELS + row * (height + GAP_PIXELS)))
+            grid.paste(
+                tile.convert("RGB").resize((width, height), Image.NEAREST),
+                (x, HEADER_PIXELS + row * (height + GAP_PIXELS)),
+            )
     return grid
 
 

@@ -12,8 +12,19 @@ from genmedseg.errors import DataError
 from genmedseg.folders import EvaluationFolder, RunFolder
 from genmedseg.report.common import read_json
 
-HEADER = ("run", "model", "data", "size", "epochs", "best val", "test Dice", "test IoU", "test HD95", "parameters",
-          "time")
+HEADER = (
+    "run",
+    "model",
+    "data",
+    "size",
+    "epochs",
+    "best val",
+    "test Dice",
+    "test IoU",
+    "test HD95",
+    "parameters",
+    "time",
+)
 
 
 def runs_table(run_dirs: Sequence[str | os.PathLike], evaluations: Sequence[str | os.PathLike] = ()) -> str:
@@ -38,17 +49,19 @@ def runs_table(run_dirs: Sequence[str | os.PathLike], evaluations: Sequence[str 
         best = summary.get("best_val") or {}
         parameters = summary.get("trainable_parameters")
         seconds = summary.get("train_seconds")
-        lines.append((
-            str(run_dir),
-            str(summary.get("model", "-")),
-            Path(summary["data"]).name if summary.get("data") else "-",
-            str(summary.get("image_size", "-")),
-            f"{summary.get('epochs_done', '-')}/{summary.get('epochs', '-')}",
-            "-" if best.get("value") is None else f"{best['metric']} {best['value']:.4f}",
-            *(("-",) * 3 if test is None else (f"{test['dice']:.4f}", f"{test['iou']:.4f}", f"{test['hd95']:.1f}")),
-            "-" if parameters is None else f"{parameters:,}",
-            "-" if seconds is None else _duration(seconds),
-        ))
+        lines.append(
+            (
+                str(run_dir),
+                str(summary.get("model", "-")),
+                Path(summary["data"]).name if summary.get("data") else "-",
+                str(summary.get("image_size", "-")),
+                f"{summary.get('epochs_done', '-')}/{summary.get('epochs', '-')}",
+                "-" if best.get("value") is None else f"{best['metric']} {best['value']:.4f}",
+                *(("-",) * 3 if test is None else (f"{test['dice']:.4f}", f"{test['iou']:.4f}", f"{test['hd95']:.1f}")),
+                "-" if parameters is None else f"{parameters:,}",
+                "-" if seconds is None else _duration(seconds),
+            )
+        )
     return _text_table(lines, right_aligned=set(range(3, len(HEADER))))
 
 
@@ -60,15 +73,17 @@ def recorded_evaluations(run: RunFolder) -> list[Path]:
         folders = json.loads(run.record.read_text(encoding="utf-8")).get("evaluations", [])
     except (OSError, ValueError, AttributeError):
         return []
-    return [EvaluationFolder(Path(folder)).summary for folder in folders
-            if EvaluationFolder(Path(folder)).summary.is_file()]
+    return [
+        EvaluationFolder(Path(folder)).summary for folder in folders if EvaluationFolder(Path(folder)).summary.is_file()
+    ]
 
 
 def _summary_path(entry: Path) -> Path:
     path = EvaluationFolder(entry).summary if entry.is_dir() else entry
     if not path.is_file():
-        raise DataError(f"{entry}: no evaluation here (expected {path}); give evaluation folders written by "
-                        "`genmedseg evaluate`")
+        raise DataError(
+            f"{entry}: no evaluation here (expected {path}); give evaluation folders written by `genmedseg evaluate`"
+        )
     return path
 
 
@@ -98,7 +113,7 @@ def _test_metrics(
 
 
 def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
         return f"{hours}h{minutes:02d}m"

@@ -39,11 +39,11 @@ LDM_NORM_GROUPS = 32
 _HUB_ID = re.compile(r"^[\w][\w.-]*/[\w][\w.-]*(/[\w][\w.-]*)*$")
 
 TINY_VAE_HELP = (
-    "Supply tiny-autoencoder weights in one of these ways: `--vae DIR` (short for `--pretrained vae=DIR`) where DIR holds one <name>_encoder.pth + "
-    "<name>_decoder.pth pair from github.com/madebyollin/taesd (taesd, taesdxl, taesd3, taef1 or taef2; or pass "
-    "the *_encoder.pth file itself); `--vae DIR` with a diffusers AutoencoderTiny folder (config.json + "
-    f"diffusion_pytorch_model.safetensors); the environment variable {TINY_VAE_ENV} set to either; or go online "
-    f"so that the hub id '{DEFAULT_TINY_VAE}' can be downloaded."
+    "Supply tiny-autoencoder weights in one of these ways: `--vae DIR` (short for `--pretrained vae=DIR`) where DIR "
+    "holds one <name>_encoder.pth + <name>_decoder.pth pair from github.com/madebyollin/taesd (taesd, taesdxl, "
+    "taesd3, taef1 or taef2; or pass the *_encoder.pth file itself); `--vae DIR` with a diffusers AutoencoderTiny "
+    f"folder (config.json + diffusion_pytorch_model.safetensors); the environment variable {TINY_VAE_ENV} set to "
+    f"either; or go online so that the hub id '{DEFAULT_TINY_VAE}' can be downloaded."
 )
 SD_VAE_HELP = (
     "Supply Stable Diffusion VAE weights with `--vae SOURCE` (short for `--pretrained vae=SOURCE`), SOURCE being "

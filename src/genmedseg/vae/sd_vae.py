@@ -23,8 +23,12 @@ SD_VAE_CONFIG: dict[str, Any] = {
     "norm_num_groups": 32,
     "scaling_factor": 0.18215,
 }
-TINY_SD_VAE_CONFIG: dict[str, Any] = {**SD_VAE_CONFIG, "block_out_channels": [8] * 4, "layers_per_block": 1,
-                                      "norm_num_groups": 4}
+TINY_SD_VAE_CONFIG: dict[str, Any] = {
+    **SD_VAE_CONFIG,
+    "block_out_channels": [8] * 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
 
 
 class FrozenSDVAE(FrozenModule):
