@@ -73,22 +73,20 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Defaults, the method's training defaults, the YAML file, then the flags (``base``: a run's own config)."""
-    from genmedseg.config import ModelConfig, read_yaml
+def _config_from_args(args: argparse.Namespace, raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Defaults, the method's training defaults, the YAML file ``raw``, then the flags (``base``: a run's config)."""
     from genmedseg.models.registry import default_run_config
 
     if base is None:
-        raw = read_yaml(args.config) if args.config else {}
-        base = default_run_config(args.model or (raw.get("model") or {}).get("name") or ModelConfig().name)
+        base = default_run_config(_model_name(args, raw))
         base.update(raw, source=args.config or "configuration")
     config = base
     config.override(
         "data", root=args.data, split_file=args.split_file, image_size=args.image_size, num_workers=args.num_workers
     )
-    devices = (
-        None if args.devices is None else (int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices)
-    )
+    devices = args.devices
+    if devices is not None and devices.lstrip("-").isdigit():
+        devices = int(devices)
     config.override(
         "train",
         epochs=args.epochs,
@@ -117,35 +115,77 @@ def _config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -
     return config
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from genmedseg.config import RunConfig
-    from genmedseg.folders import RunFolder
+def _model_name(args: argparse.Namespace, raw: dict[str, Any]) -> str:
+    from genmedseg.config import ModelConfig
 
+    return args.model or (raw.get("model") or {}).get("name") or ModelConfig().name
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genmedseg.config import RunConfig, read_yaml
+    from genmedseg.errors import DataError
+    from genmedseg.folders import RunFolder
+    from genmedseg.models.registry import check_model_name
+
+    # Everything a mistake can be found in is checked here, before torch and the method are imported.
+    raw: dict[str, Any] = {}
+    base = None
     if args.resume:
         run = RunFolder(Path(args.resume))
         if args.out and Path(args.out).resolve() != run.path.resolve():
             raise ConfigError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
         if not run.is_run():
             raise ConfigError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
+        if not run.last_checkpoint.is_file():
+            raise ConfigError(
+                f"{run.path}: nothing to resume (no {run.last_checkpoint.name}); start a new run with --out"
+            )
         if args.config or args.model:
             raise ConfigError("--resume RUN continues RUN with its own config.yaml; --config and --model do not apply")
-        config = _config_from_args(args, base=RunConfig.from_yaml(run.config))
+        base = RunConfig.from_yaml(run.config)
+        check_model_name(base.model.name)
+        data = args.data or base.data.root
     else:
         if not args.out:
             raise ConfigError("give --out RUN, the folder that will hold checkpoints, logs and the model")
-        run, config = RunFolder(Path(args.out)), _config_from_args(args)
+        run = RunFolder(Path(args.out))
+        if run.is_run():
+            raise ConfigError(
+                f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
+            )
+        raw = read_yaml(args.config) if args.config else {}
+        check_model_name(_model_name(args, raw))
+        data = args.data or (raw.get("data") or {}).get("root")
+    if data is None:
+        raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
+    if not Path(data).is_dir():
+        raise DataError(f"{data}: dataset folder not found")
+    _set_threads(args)
+    config = _config_from_args(args, raw, base)
     from genmedseg.engine.training import fit
 
     summary = fit(config, run.path, resume=bool(args.resume))
     if summary:
         best = summary["best_val"]
         score = (
-            "no validation ran" if best["value"] is None else f"best validation {best['metric']} {best['value']:.4f}"
+            f"best validation {best['metric']} {best['value']:.4f}" if best["value"] is not None else "no validation"
         )
+        stopped = "" if summary["stopped"] == "finished" else f" (stopped: {summary['stopped']})"
         print(
-            f"trained {summary['model']} for {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s; "
-            f"{score}"
+            f"trained {summary['model']}: {summary['epochs_done']} of {summary['epochs']} epochs finished{stopped}, "
+            f"{summary['train_seconds']:.0f} s in all; {score}"
         )
+        for warning in summary["warnings"]:
+            print(f"warning: {warning}")
+        if summary["stopped"] != "finished":
+            print(f"continue with `genmedseg train --resume {run.path}` (with more --epochs or --max-minutes)")
         print(f"run folder: {run.path}  model folder: {run.model.path}")
     return 0
 
@@ -165,13 +205,26 @@ def _prompts(args: argparse.Namespace) -> Any:
     return prompt_source(args.prompts, getattr(args, "prompt_jitter", 0) or 0)
 
 
+def _require_model(path: str) -> None:
+    """Refuse a path that holds no trained model, before the heavy imports."""
+    from genmedseg.folders import model_folder_of
+
+    if not model_folder_of(path).exists():
+        raise ConfigError(
+            f"{path}: no trained model here (expected {Path(path) / 'model' / 'config.json'} or "
+            f"{Path(path) / 'config.json'}); a run gets its model folder when training finishes"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _require_model(args.run)
     from genmedseg.engine.inference import check_resolution
 
     resolution = check_resolution(args.resolution)
     sampling = _key_values(args.sample, "--sample", "steps=20")
     prompts = _prompts(args)
     data = args.data or _run_data_root(Path(args.run))
+    _set_threads(args)
     from genmedseg.engine.inference import evaluate, format_summary
 
     summary = evaluate(
@@ -215,8 +268,10 @@ def _run_data_root(run_dir: Path) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _require_model(args.run)
     sampling = _key_values(args.sample, "--sample", "steps=20")
     prompts = _prompts(args)
+    _set_threads(args)
     from genmedseg.engine.inference import predict
 
     written = predict(args.run, args.inputs, args.out, batch_size=args.batch_size, prompts=prompts, sampling=sampling)
@@ -226,7 +281,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    _require_model(args.run)
     sampling = _key_values(args.sample, "--sample", "steps=50")
+    _set_threads(args)
     from genmedseg.engine.generation import generate
 
     out = generate(
@@ -243,6 +300,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _set_threads(args)
     from genmedseg.demo import run_demo
 
     run_demo(
@@ -322,55 +380,74 @@ def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> N
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text
+        return f"{text} (default: %(default)s)" if shown and action.option_strings else text
+
+
+def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="CPU threads torch may use (default: torch's, all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genmedseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genmedseg {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    demo = verbs.add_parser("demo", help="train Wave-GMS briefly and evaluate it (synthetic data unless --data)")
+    def add_verb(name: str, help: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    demo = add_verb("demo", help="train Wave-GMS briefly and evaluate it (synthetic data unless --data)")
     demo.add_argument("--data", help="use this dataset folder instead of generating a synthetic one")
     demo.add_argument("--out", help="demo folder (default genmedseg-demo-<time>)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: fits in a few minutes)")
-    demo.add_argument("--image-size", type=int, default=None)
+    demo.add_argument("--image-size", type=int, default=None, help="input size (default: 64, a few minutes on a CPU)")
     demo.add_argument("--vae", help="frozen tiny VAE (default: GENMEDSEG_VAE, else madebyollin/taesd)")
+    _add_threads_flag(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    check = verbs.add_parser("check-data", help="decode every file of a dataset and list every problem")
+    check = add_verb("check-data", help="decode every file of a dataset and list every problem")
     check.add_argument("data", help="dataset folder")
-    check.add_argument("--split-file")
+    check.add_argument("--split-file", help="split file if not the one found in the dataset folder")
     check.set_defaults(handler=cmd_check_data)
 
-    train = verbs.add_parser("train", help="train a model into a run folder")
+    train = add_verb("train", help="train a model into a run folder")
     _add_training_flags(train)
     train.add_argument("--out", help="new run folder")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run exactly where it stopped")
+    _add_threads_flag(train)
     train.set_defaults(handler=cmd_train)
 
-    evaluate = verbs.add_parser("evaluate", help="metrics.csv, summary.json and masks of a split (segmenters)")
+    evaluate = add_verb("evaluate", help="metrics.csv, summary.json and masks of a split (segmenters)")
     evaluate.add_argument("run", help="run folder or model folder")
     evaluate.add_argument("--data", help="dataset folder (default: the run's own)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--split-file")
-    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--split", default="test", help="split to evaluate: train, val or test")
+    evaluate.add_argument("--split-file", help="split file if not the one found in the dataset folder")
+    evaluate.add_argument("--out", required=True, help="new folder for metrics.csv, summary.json and the masks")
     evaluate.add_argument(
         "--resolution",
         default="native",
         metavar="native|model|N",
-        help="metric grid: native = each image's own size (default); model = the input size, as "
-        "the papers do; N = an N x N grid",
+        help="metric grid: native = each image's own size; model = the input size, as the papers do; N = an N x N grid",
     )
     _add_inference_flags(evaluate, evaluation=True)
     evaluate.add_argument("--report", action="store_true", help="also write report.html (plots, worst/best cases)")
+    _add_threads_flag(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = verbs.add_parser("predict", help="segment image files of any size (segmenters)")
+    predict = add_verb("predict", help="segment image files of any size (segmenters)")
     predict.add_argument("run", help="run folder or model folder")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
-    predict.add_argument("--out", required=True)
+    predict.add_argument("--out", required=True, help="folder for masks/, probabilities/ and extra maps")
     _add_inference_flags(predict, evaluation=False)
+    _add_threads_flag(predict)
     predict.set_defaults(handler=cmd_predict)
 
-    generate = verbs.add_parser("generate", help="synthesise images from masks into a new dataset (generators)")
+    generate = add_verb("generate", help="synthesise images from masks into a new dataset (generators)")
     generate.add_argument("run", help="run folder or model folder of a generator")
     generate.add_argument(
         "--masks", required=True, metavar="DATA_DIR", help="dataset folder (its --split is used) or a folder of masks"
@@ -386,24 +463,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling option, e.g. steps=50 or seed=3 (repeatable)",
     )
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
+    _add_threads_flag(generate)
     generate.set_defaults(handler=cmd_generate)
 
-    report = verbs.add_parser("report", help="write report.html for an evaluation folder")
+    report = add_verb("report", help="write report.html for an evaluation folder")
     report.add_argument("evaluation", help="folder written by `genmedseg evaluate`")
     report.add_argument("--data", help="dataset folder (default: the one the evaluation records)")
-    report.add_argument("--split-file")
+    report.add_argument("--split-file", help="split file if not the one found in the dataset folder")
     report.add_argument("--cases", type=int, default=3, help="worst, median and best cases shown (each)")
     report.set_defaults(handler=cmd_report)
 
-    models = verbs.add_parser("models", help="the methods: role, parameters, pretrained parts, sampling options")
+    models = add_verb("models", help="the methods: role, parameters, pretrained parts, sampling options")
     models.set_defaults(handler=cmd_models)
 
-    runs = verbs.add_parser("runs", help="side-by-side table of training runs")
+    runs = add_verb("runs", help="side-by-side table of training runs")
     runs.add_argument("runs", nargs="+", help="run folders")
     runs.add_argument("--evaluations", nargs="*", default=[], help="more evaluation folders to take test metrics from")
     runs.set_defaults(handler=cmd_runs)
 
-    env = verbs.add_parser("env", help="versions and devices, for bug reports")
+    env = add_verb("env", help="versions and devices, for bug reports")
     env.set_defaults(handler=cmd_env)
     return parser
 
@@ -416,8 +494,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; a training run continues with `genmedseg train --resume RUN`", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: for training, the run to resume (or that nothing was kept yet)."""
+    if args.verb != "train":
+        return "interrupted; files already written are complete (each is written atomically)"
+    from genmedseg.folders import RunFolder
+
+    run = RunFolder(Path(args.resume or args.out or "."))
+    if not run.last_checkpoint.is_file():
+        return "interrupted before the first epoch ended: nothing was kept; run the same command again"
+    return f"interrupted; continue where the last finished epoch left off with `genmedseg train --resume {run.path}`"
 
 
 if __name__ == "__main__":

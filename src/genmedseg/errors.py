@@ -17,3 +17,7 @@ class ConfigError(GenMedSegError):
 
 class WeightsError(GenMedSegError):
     """Pretrained weights are missing or do not match the expected architecture."""
+
+
+class TrainingError(GenMedSegError):
+    """Training cannot go on (a diverged loss, a checkpoint that cannot be written); earlier checkpoints are intact."""

@@ -84,7 +84,10 @@ class EpochShuffleSampler(Sampler[int]):
     """A permutation of ``range(n)`` drawn from ``torch.Generator().manual_seed(seed + epoch)``.
 
     Lightning calls :meth:`set_epoch` at the start of each training epoch, so the order is a pure function of
-    ``(seed, epoch)``: reproducible, resumable and independent of the number of workers.
+    ``(seed, epoch)``: reproducible, resumable and independent of the number of workers. Under DDP (a process group
+    is initialised) process ``r`` of ``W`` takes every ``W``-th index from ``r``, all processes the same count, so
+    the ``k``-th batches of the ``W`` processes together are the ``k``-th batch one process would draw with ``W``
+    times the batch size: the same training, spread over processes.
     """
 
     def __init__(self, n: int, seed: int = 0) -> None:
@@ -98,7 +101,15 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        rank, world = _process_rank()
+        return iter(order[: len(self) * world][rank::world])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // _process_rank()[1]
+
+
+def _process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in DDP, (0, 1) otherwise."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)

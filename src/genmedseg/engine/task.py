@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,11 +19,13 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from genmedseg.config import TrainConfig
-from genmedseg.errors import WeightsError
+from genmedseg.errors import TrainingError, WeightsError
 from genmedseg.models.base import MEMORY_FORMAT, Method, image_generators
 
 MODULE_PREFIX = "method."
 """Prefix of the method's keys in the Lightning state dict (the task holds the method as ``self.method``)."""
+MAX_NONFINITE_STEPS = 5
+"""Consecutive optimiser steps with a NaN or infinite loss after which training stops."""
 
 
 def learning_rate_factor(schedule: str, step: int, warmup_steps: int, total_steps: int) -> float:
@@ -72,6 +75,8 @@ class MethodTask(L.LightningModule):
         self.method = method.to(memory_format=MEMORY_FORMAT)
         self.train_config = train
         self.frozen = frozen
+        self.nonfinite_steps = 0  # all skipped steps of this session
+        self._nonfinite_in_a_row = 0
 
     @property
     def monitored(self) -> str:
@@ -87,14 +92,33 @@ class MethodTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.method.begin_epoch(self.current_epoch, self.trainer.max_epochs)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         losses = self.method.training_loss(batch)
         size = batch["image"].shape[0]
+        # A NaN or inf loss is skipped (no backward, no optimiser step) on every process at once; several in a row
+        # stop the run, leaving the last checkpoint as it was.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(losses["loss"])), all=False):
+            return self._skip_nonfinite(losses)
+        self._nonfinite_in_a_row = 0
         self.log("train_loss", losses["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
         for name, value in losses.items():
             if name != "loss":
                 self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
         return losses["loss"]
+
+    def _skip_nonfinite(self, losses: dict[str, torch.Tensor]) -> None:
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
+            parts = ", ".join(f"{name} {float(value):.4g}" for name, value in losses.items())
+            raise TrainingError(
+                f"the loss was NaN or infinite in {self._nonfinite_in_a_row} steps in a row (epoch "
+                f"{self.current_epoch}, step {self.global_step}; {parts}). Likely causes: a learning rate too high "
+                "(lower --lr or add --grad-clip 1.0), a reduced precision that overflows (--precision 32-true), or "
+                "input values out of range (run `genmedseg check-data`). The last checkpoint is intact: fix the "
+                "cause and continue with `genmedseg train --resume RUN` (flags such as --lr apply to the rest)."
+            )
+        return None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # One generator per image, seeded by its name: a sampling method sees the same noise every epoch.
@@ -153,6 +177,13 @@ class MethodTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_frozen_parts(self.method, self.frozen, checkpoint)
+        callbacks = checkpoint.get("callbacks", {})
+        # --max-minutes is a budget per session: the elapsed time of earlier sessions does not count against it.
+        for key in [key for key in callbacks if key.startswith("Timer")]:
+            del callbacks[key]
+        # A run folder moved or copied elsewhere: the checkpoint callbacks' paths follow it.
+        for callback in self.trainer.checkpoint_callbacks:
+            rebase_checkpoint_paths(callbacks.get(callback.state_key), Path(callback.dirpath))
         states = checkpoint.get("rng_states")
         if states is None:
             return
@@ -162,6 +193,19 @@ class MethodTask(L.LightningModule):
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def rebase_checkpoint_paths(state: dict[str, Any] | None, folder: Path) -> None:
+    """Point a saved ``ModelCheckpoint`` state at ``folder`` (the checkpoints folder where the run now is)."""
+    if not state or not state.get("dirpath") or Path(state["dirpath"]) == folder:
+        return
+    state["dirpath"] = str(folder)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if state.get(key):
+            state[key] = str(folder / Path(state[key]).name)
+    if state.get("best_k_models"):
+        models = state["best_k_models"].items()
+        state["best_k_models"] = {str(folder / Path(path).name): score for path, score in models}
 
 
 def restore_frozen_parts(method: Method, frozen: dict[str, dict[str, str]], checkpoint: dict[str, Any]) -> None:

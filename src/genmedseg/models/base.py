@@ -313,12 +313,18 @@ class SegmentationMethod(Method):
         return boxes_from_masks(batch["mask"])
 
     def validation_metrics(self, batch: dict[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
-        from genmedseg.metrics import batch_dice
+        from genmedseg.metrics import THRESHOLD, batch_dice
 
         prediction = self.predict(
             batch["image"], prompts=self.validation_prompts(batch), generator=generator, **self.validation_sampling
         )
-        return {"dice": batch_dice(prediction.probability, batch["mask"])}
+        foreground = (prediction.probability > THRESHOLD).flatten(1)
+        # Besides Dice, the two trivial answers: the trainer warns when every image gets one of them.
+        return {
+            "dice": batch_dice(prediction.probability, batch["mask"]),
+            "pred_full": foreground.all(1).float(),
+            "pred_empty": (~foreground.any(1)).float(),
+        }
 
     def preview(self, batch: dict[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
         prediction = self.predict(

@@ -1,37 +1,49 @@
 """The registry of methods: ``--model NAME`` picks one, ``genmedseg models`` lists them, model folders load here.
 
 Adding a method is one file in ``genmedseg/models/`` and one line in :data:`MODELS` (see docs/adding-a-method.md).
+Methods are imported when first asked for, so that the command line answers a mistake before torch is loaded.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any
-
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING, Any
 
 from genmedseg.config import RunConfig
 from genmedseg.errors import ConfigError, WeightsError
 from genmedseg.folders import ModelFolder, model_folder_of
-from genmedseg.models.base import Method
-from genmedseg.models.gms import GMS
-from genmedseg.models.unet import UNet
-from genmedseg.models.wave_gms import WaveGMS
 
-MODELS: dict[str, type[Method]] = {model.name: model for model in (WaveGMS, GMS, UNet)}
+if TYPE_CHECKING:
+    from genmedseg.models.base import Method
+
+MODELS: dict[str, str | type[Method]] = {
+    "wave-gms": "genmedseg.models.wave_gms:WaveGMS",
+    "gms": "genmedseg.models.gms:GMS",
+    "unet": "genmedseg.models.unet:UNet",
+}
+"""``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
 
 ROLE_VERBS = {"segmenter": ("evaluate", "predict"), "generator": ("generate",)}
 """The verbs that use a trained model, by the role of its method."""
 
 
+def check_model_name(name: str) -> None:
+    """Refuse an unknown ``--model`` name, listing the valid ones (without importing any method)."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models are: {', '.join(sorted(MODELS))}")
+
+
 def get_model_class(name: str) -> type[Method]:
-    """The class registered under ``name``; an unknown name lists the valid ones."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; valid models are: {', '.join(sorted(MODELS))}") from None
+    """The class registered under ``name`` (imported now if need be); an unknown name lists the valid ones."""
+    check_model_name(name)
+    entry = MODELS[name]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attribute)
+    return entry
 
 
 def check_options(cls: type[Method], options: dict[str, Any]) -> None:
@@ -82,6 +94,8 @@ def load_pretrained(path: str | Path) -> Method:
             f"{path}: no trained model here (expected {folder.config.name} and {folder.weights.name} in {path} or in "
             f"{Path(path) / 'model'}); a run gets its model folder when training finishes"
         )
+    from safetensors.torch import load_file
+
     saved = _read_model_config(folder)
     config = dict(saved["config"])
     if saved.get("format_version", 1) < 2:  # genmedseg 0.1 kept the input size in the training summary
@@ -108,7 +122,8 @@ def describe_models() -> list[dict[str, Any]]:
     """Per method: name, role, one-line summary, trainable parameters (tiny random frozen parts, default options),
     pretrained parts and sampling keys."""
     rows = []
-    for name, cls in sorted(MODELS.items()):
+    for name in sorted(MODELS):
+        cls = get_model_class(name)
         rows.append(
             {
                 "name": name,
