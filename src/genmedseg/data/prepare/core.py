@@ -36,9 +36,10 @@ from genmedseg.errors import ConfigError, DataError
 REPORT_NAME = "prepare_report.md"
 META_NAME = "meta.csv"
 COPIED_SUFFIXES = (".png", ".jpg", ".jpeg")
-"""Images in these formats are copied byte for byte (after a full decode check); others are converted to PNG."""
+"""Images in these formats are copied byte for byte (after a full decode check); others are converted to PNG when
+PNG holds their pixels exactly (8-bit, 16-bit gray, palette), else copied too."""
 _SEARCH_DEPTH = 4
-_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+_LOSSLESS_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,13 @@ def walk_folders(root: Path, depth: int = _SEARCH_DEPTH) -> Iterator[Path]:
         following = []
         for folder in level:
             yield folder
+            try:
+                children = sorted(folder.iterdir())
+            except OSError:  # an unreadable folder holds nothing prepare can use
+                continue
             following += [
                 child
-                for child in sorted(folder.iterdir())
+                for child in children
                 if child.is_dir() and not child.name.startswith(".") and child.name != "__MACOSX"
             ]
         level = following
@@ -392,13 +397,12 @@ def _write_case(case: Case, out: Path) -> _Written:
     image_size = (img.height, img.width)
     mask, thresholded, instances = _merged_mask(case, image_size)
     suffix = case.image.suffix.lower()
-    if suffix in COPIED_SUFFIXES:
+    if suffix in COPIED_SUFFIXES or img.mode not in _LOSSLESS_PNG_MODES:
         image_name, converted_from = f"{case.name}{suffix}", None
         atomic_write(out / "images" / image_name, lambda temporary: shutil.copyfile(case.image, temporary))
     else:
         image_name, converted_from = f"{case.name}.png", suffix
-        png = img if img.mode in _PNG_MODES else img.convert("RGB")
-        atomic_write(out / "images" / image_name, lambda temporary: png.save(temporary, format="PNG"))
+        atomic_write(out / "images" / image_name, lambda temporary: img.save(temporary, format="PNG"))
     write_mask_png(out / "masks" / f"{case.name}.png", mask)
     return _Written(case, image_name, converted_from, img.width, img.height, float(mask.mean()), thresholded, instances)
 
@@ -524,7 +528,7 @@ def _report(
     converted: dict[str, int] = defaultdict(int)
     for item in written:
         converted[item.converted_from or "copied"] += 1
-    lines.append(f"- images copied byte for byte (JPEG/PNG, after a full decode check): {converted.pop('copied', 0)}")
+    lines.append(f"- images copied byte for byte (after a full decode check): {converted.pop('copied', 0)}")
     lines += [f"- images converted {source} -> PNG (lossless, same pixels): {n}" for source, n in converted.items()]
     label_maps = [item for item in written if item.instances is not None]
     if label_maps:

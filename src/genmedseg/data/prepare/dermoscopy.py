@@ -69,7 +69,7 @@ def _isic_images(raw: RawDataset, folder: Path) -> list[Path]:
 def read_isic(root: Path, options: PrepareOptions, release: str) -> RawDataset:
     """One ISIC challenge release: its official parts, each a folder of images and one of masks."""
     parts = ISIC_PARTS[release]
-    raw = RawDataset(root, [], split_source=f"the {release.upper()} challenge's training/validation/test folders")
+    raw = RawDataset(root, [])
     present = []
     for split, image_name, mask_name in parts:
         image_folders, mask_folders = find_folders(root, image_name), find_folders(root, mask_name)
@@ -82,6 +82,9 @@ def read_isic(root: Path, options: PrepareOptions, release: str) -> RawDataset:
         raw.cases += pair_by_stem(raw, images, masks, _segmentation_mask, split=split)
     if not present:
         raise not_found(root, f"{release.upper()} folder", ", ".join(f"{image}/ + {mask}/" for _, image, mask in parts))
+    raw.split_source = f"{release.upper()}'s " + ", ".join(
+        f"{image}/ as {split}" for split, image, _ in parts if split in present
+    )
     for split, image_name, _ in parts:
         if split not in present:
             carved = "carved from the official train part" if split != "train" else "not there"
@@ -91,9 +94,9 @@ def read_isic(root: Path, options: PrepareOptions, release: str) -> RawDataset:
 
 def _read_lesion_ids(raw: RawDataset, path: Path) -> dict[str, str]:
     """``image_id -> lesion_id`` of HAM10000's metadata table (comma or tab separated)."""
-    text = path.read_text(encoding="utf-8-sig")
-    dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else ",", delimiters=",\t")
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    delimiter = "\t" if lines and lines[0].count("\t") > lines[0].count(",") else ","
+    rows = list(csv.DictReader(lines, delimiter=delimiter))
     if not rows or not {"image_id", "lesion_id"} <= set(rows[0]):
         raw.warnings.append(f"{path}: no image_id and lesion_id columns; images are split without lesion groups")
         return {}
