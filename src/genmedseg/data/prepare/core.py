@@ -110,7 +110,7 @@ class _Written:
 
 @dataclass
 class PrepareResult:
-    """The outcome of :func:`prepare`: where the dataset is, its split sizes, and the warnings worth printing."""
+    """The outcome of a prepare run: where the dataset is, its split sizes, and the warnings worth printing."""
 
     out_dir: Path
     counts: dict[str, int]
@@ -440,6 +440,7 @@ def _write_split_file(out: Path, dataset: str, assignment: dict[str, str]) -> st
 
 _META_COLUMNS = (
     "name",
+    "image_file",
     "split",
     "official_subset",
     "group",
@@ -462,6 +463,7 @@ def _write_meta(out: Path, raw: RawDataset, written: list[_Written], assignment:
         writer.writerow(
             (
                 case.name,
+                item.image_name,
                 assignment[case.name],
                 case.subset or "",
                 case.group or "",
