@@ -407,6 +407,7 @@ def test_check_dataset_lists_every_problem(tmp_path: Path) -> None:
     found = [(p.kind, p.severity, p.path.name) for p in problems]
     assert found == [
         ("missing_mask", "error", "lonely.png"),
+        ("no_split_file", "warning", "ds"),
         ("unreadable", "error", "bad_mask.png"),
         ("unreadable", "error", "cut.png"),
         ("empty_mask", "warning", "empty.png"),
@@ -414,15 +415,16 @@ def test_check_dataset_lists_every_problem(tmp_path: Path) -> None:
         ("size_mismatch", "error", "small_mask.png"),
         ("empty_mask", "warning", "small_mask.png"),
     ]
-    grey_problem = problems[4]
+    assert "genmedseg prepare" in problems[1].message and "split.csv" in problems[1].message
+    grey_problem = problems[5]
     assert "3 distinct values" in grey_problem.message and "value / 255 > 0.5" in grey_problem.message
-    assert "truncated" in problems[2].message and "not an image" in problems[1].message
-    assert "10x12" in problems[5].message and "5x5" in problems[5].message
+    assert "truncated" in problems[3].message and "not an image" in problems[2].message
+    assert "10x12" in problems[6].message and "5x5" in problems[6].message
     assert check_dataset(root, workers=1) == problems  # order does not depend on the thread pool
 
     report = format_report(problems, 6, root)
     lines = report.splitlines()
-    assert lines[0].startswith("Checked 6 image/mask pairs: 4 error(s), 3 warning(s)")
+    assert lines[0].startswith("Checked 6 image/mask pairs: 4 error(s), 4 warning(s)")
     assert len(lines) == 1 + len(problems)
     assert lines[1].startswith("ERROR    images/lonely.png: no mask")
     assert lines[-1].startswith("WARNING  masks/")
@@ -436,7 +438,7 @@ def test_assert_dataset_ok_returns_index_and_warnings(tmp_path: Path) -> None:
     write_mask_png(root / "masks" / "c.png", np.zeros((12, 10), dtype=bool))
     index, problems = assert_dataset_ok(root)
     assert isinstance(index, DatasetIndex) and len(index.pairs) == 3
-    assert [(p.kind, p.path.name) for p in problems] == [("empty_mask", "c.png")]
+    assert [(p.kind, p.path.name) for p in problems] == [("no_split_file", "ds"), ("empty_mask", "c.png")]
     assert assert_dataset_ok(index)[0] is index  # an existing index is checked, not rediscovered
     assert format_report([], 3) == "Checked 3 image/mask pairs: no problems found."
 

@@ -199,6 +199,37 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if any(p.severity == "error" for p in problems) else 0
 
 
+PREPARE_DATASETS = (
+    "busi",
+    "bus",
+    "kvasir-seg",
+    "kvasir-instrument",
+    "cvc-clinicdb",
+    "isic2016",
+    "isic2017",
+    "isic2018",
+    "ham10000",
+    "glas",
+)
+"""The names ``genmedseg prepare`` takes (its registry, ``genmedseg.data.prepare.DATASETS``, is imported later)."""
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from genmedseg.data.prepare import prepare_dataset
+
+    result = prepare_dataset(
+        args.name,
+        args.raw_dir,
+        args.out_dir,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        exclude_normal=args.exclude_normal,
+    )
+    print(result.summary())
+    return 0
+
+
 def _prompts(args: argparse.Namespace) -> Any:
     from genmedseg.prompts import prompt_source
 
@@ -414,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("data", help="dataset folder")
     check.add_argument("--split-file", help="split file if not the one found in the dataset folder")
     check.set_defaults(handler=cmd_check_data)
+
+    prepare = add_verb("prepare", help="turn a public dataset, as downloaded, into the GMS layout with a split")
+    prepare.add_argument("name", metavar="NAME", choices=PREPARE_DATASETS, help=", ".join(PREPARE_DATASETS))
+    prepare.add_argument("raw_dir", metavar="RAW_DIR", help="the folder the download was unpacked into")
+    prepare.add_argument("out_dir", metavar="OUT_DIR", help="new dataset folder (must not exist, or be empty)")
+    prepare.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share where there is no official one"
+    )
+    prepare.add_argument("--test-fraction", type=float, default=0.2, help="test share where there is no official one")
+    prepare.add_argument("--seed", type=int, default=0, help="seeds the split")
+    prepare.add_argument(
+        "--exclude-normal", action="store_true", help="busi: leave out the normal cases (empty masks) instead"
+    )
+    prepare.set_defaults(handler=cmd_prepare)
 
     train = add_verb("train", help="train a model into a run folder")
     _add_training_flags(train)

@@ -13,12 +13,15 @@ from typing import Any
 from genmedseg.data.checks import assert_dataset_ok, check_dataset, check_index, format_report
 from genmedseg.data.io import (
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
     MaskStats,
+    decoded_image,
     image_to_float,
     mask_stats,
     read_image,
     read_label_map,
     read_mask,
+    read_mask_with_stats,
     read_pair,
     read_probability_png,
     scale_to_unit_range,
@@ -40,12 +43,15 @@ _LAZY = {
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "MaskStats",
+    "decoded_image",
     "image_to_float",
     "mask_stats",
     "read_image",
     "read_label_map",
     "read_mask",
+    "read_mask_with_stats",
     "read_pair",
     "read_probability_png",
     "scale_to_unit_range",

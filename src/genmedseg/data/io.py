@@ -4,6 +4,12 @@ Every reader decodes the whole file (``Image.load()``), so a truncated or corrup
 :class:`~genmedseg.errors.DataError` naming the file, the cause and the fix, instead of deep inside training.
 Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` switch, if some other code turns it on, would let truncated
 files through; genmedseg never turns it on.
+
+Before any pixel is decoded, the size in the file's header is checked against :data:`MAX_IMAGE_PIXELS` (or the
+``GENMEDSEG_MAX_IMAGE_PIXELS`` environment variable): a decompression bomb, or a corrupt header that claims a huge
+image, is refused at once instead of filling the memory. Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, a warning
+at 89 megapixels and an error at twice that) is global state that other code may change or turn off; genmedseg
+does not rely on it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from genmedseg.atomic import atomic_write
-from genmedseg.errors import DataError
+from genmedseg.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File extensions read as images or masks (compared case-insensitively)."""
@@ -25,6 +31,14 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 MAX_CLASS_IDS = 64
 """More distinct ids than this in one mask is taken for a mask that was never meant as a label map."""
 _UINT16_MAX = 65535
+
+MAX_IMAGE_PIXELS = 50_000_000
+"""Images with more pixels than this (width x height, from the file's header) are refused before decoding.
+
+50 megapixels holds the largest images of the public 2D segmentation datasets (ISIC dermoscopy, about 30
+megapixels) with room to spare, while one decoded image stays under 0.6 GB as float32 RGB. Set the environment
+variable ``GENMEDSEG_MAX_IMAGE_PIXELS`` to a larger whole number for genuine larger images."""
+PIXEL_LIMIT_VARIABLE = "GENMEDSEG_MAX_IMAGE_PIXELS"
 
 
 @dataclass(frozen=True)
@@ -46,10 +60,32 @@ class MaskStats:
     class_ids: tuple[int, ...] | None = None
 
 
-def _decoded(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` and decode every pixel, turning each way a file can be unreadable into a DataError."""
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``GENMEDSEG_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_IMAGE_PIXELS`."""
+    raw = os.environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigError(f"{PIXEL_LIMIT_VARIABLE}={raw!r}: expected a positive whole number of pixels, e.g. 100000000")
+    return int(raw)
+
+
+def _too_large(path: str | os.PathLike, size: str, limit: int) -> DataError:
+    return DataError(
+        f"{path}: {size}, more than the limit of {limit / 1e6:.1f} megapixels (a corrupt header or a "
+        f"decompression bomb); downscale the image, or, if it is genuine, raise the limit with {PIXEL_LIMIT_VARIABLE}=N"
+    )
+
+
+def decoded_image(path: str | os.PathLike) -> Image.Image:
+    """Open ``path``, check its size against the pixel limit and decode every pixel; every way a file can be
+    unreadable (missing, not an image, truncated, corrupt, too large) becomes a DataError naming the file."""
+    limit = max_image_pixels()
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise _too_large(path, f"{width}x{height} pixels ({width * height / 1e6:.1f} megapixels)", limit)
             img.load()
             return img
     except FileNotFoundError:
@@ -63,11 +99,13 @@ def _decoded(path: str | os.PathLike) -> Image.Image:
             f"{path}: not an image Pillow can read (unknown format or corrupt header); "
             "re-export it as PNG or remove it from the dataset"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc}); downscale it") from None
+    except Image.DecompressionBombError:
+        # Raised by Pillow's own check inside Image.open, before the header size can be read here.
+        raise _too_large(path, "too large for Pillow to open (its header claims a huge image)", limit) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow's decoders report damaged data through all of these types (zlib and struct errors are OSError
-        # or ValueError subclasses raised from inside the plugins).
+        # Pillow's plugins report damaged data through all of these types (they re-raise the zlib and struct
+        # failures of their parsers as OSError/ValueError/SyntaxError; fuzzing in tests/test_robustness.py checks
+        # that nothing else escapes).
         cause = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise DataError(
             f"{path}: {cause} image data ({type(exc).__name__}: {exc}); the file is damaged or incomplete: "
@@ -136,7 +174,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     images (``F``) must already lie in [0, 1]; other modes (CMYK, YCbCr...) are converted to RGB. Multi-page TIFFs
     give their first page. EXIF orientation is *not* applied, because masks are drawn on the stored pixel grid.
     """
-    img = _decoded(path)
+    img = decoded_image(path)
     if img.mode in ("P", "PA"):
         # Through RGBA so that palettes with transparency convert without Pillow's warning.
         img = img.convert("RGBA")
@@ -198,8 +236,9 @@ def _class_ids(values: np.ndarray, full_scale: int | None) -> np.ndarray | None:
     return values.astype(np.int64)
 
 
-def _read_mask_with_stats(path: str | os.PathLike) -> tuple[np.ndarray, MaskStats]:
-    values, full_scale, alpha_only = _mask_channel(path, _decoded(path))
+def read_mask_with_stats(path: str | os.PathLike) -> tuple[np.ndarray, MaskStats]:
+    """:func:`read_mask` and :func:`mask_stats` from a single decoding of the file."""
+    values, full_scale, alpha_only = _mask_channel(path, decoded_image(path))
     mask, rule = _binarise(values, full_scale)
     ids = _class_ids(values, full_scale)
     present = None if ids is None else np.unique(ids)
@@ -229,12 +268,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     4. Otherwise scale by the dtype's maximum (255 or 65535) and foreground = value > 0.5 (i.e. >= 128 for
        8-bit), which also cleans JPEG noise around 0/255 masks.
     """
-    return _read_mask_with_stats(path)[0]
+    return read_mask_with_stats(path)[0]
 
 
 def mask_stats(path: str | os.PathLike) -> MaskStats:
     """Decode a mask fully and report its size, distinct values, the rule that binarised it and its foreground."""
-    return _read_mask_with_stats(path)[1]
+    return read_mask_with_stats(path)[1]
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
@@ -244,7 +283,7 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     above half the dtype's range is a binary 0/255 (or 0/65535) mask, read as 0/1 with the rule of
     :func:`read_mask`. Colour-coded RGB masks (colour channels that differ) are refused: convert the colours to ids.
     """
-    img = _decoded(path)
+    img = decoded_image(path)
     if img.mode in ("RGB", "RGBA"):
         colour = np.asarray(img)[:, :, :3]
         if (colour != colour[:, :, :1]).any():
@@ -316,7 +355,7 @@ def write_probability_png(path: str | os.PathLike, probability: np.ndarray) -> N
 
 def read_probability_png(path: str | os.PathLike) -> np.ndarray:
     """Read a map written by :func:`write_probability_png` back as float32 ``H x W`` in [0, 1] (value / 255)."""
-    img = _decoded(path)
+    img = decoded_image(path)
     if img.mode != "L":
         raise DataError(
             f"{path}: expected an 8-bit grayscale probability PNG, got mode {img.mode}; write it "

@@ -7,10 +7,10 @@ Expected layout (the GMS one, plus a CSV alternative)::
     root/<anything>_train_test_names.pkl   {'train': {'name_list': [...]}, 'test': {...}, optional 'val': {...}}
     or root/split.csv                 columns name,split (split in train/val/test)
 
-Without a split file every pair is ``train``. Without a ``val`` list a validation split is carved from ``train``
-(never from ``test``). Problems found on the way (names without files, images without masks, duplicate stems)
-are collected in :attr:`DatasetIndex.problems` rather than raised one at a time; :mod:`genmedseg.data.checks`
-adds the problems that need decoding the files.
+Without a split file every pair is ``train`` (with a ``no_split_file`` warning). Without a ``val`` list a
+validation split is carved from ``train`` (never from ``test``). Problems found on the way (names without files,
+images without masks, duplicate stems) are collected in :attr:`DatasetIndex.problems` rather than raised one at a
+time; :mod:`genmedseg.data.checks` adds the problems that need decoding the files.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ _SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
+NO_SPLIT_FILE_MESSAGE = (
+    "no split file: every pair is used for training (validation is carved from it) and there is no test split; "
+    "write a split.csv (columns name,split) or a <name>_train_test_names.pkl, or make the dataset from its "
+    "download with `genmedseg prepare NAME RAW_DIR OUT_DIR`, which writes a seeded train/val/test split"
+)
+"""The warning (kind ``no_split_file``) that a dataset without a split file gets, in check-data and training."""
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _PICKLE_SPLIT_GLOB = "*_train_test_names.pkl"
 _CSV_SPLIT_NAME = "split.csv"
@@ -351,15 +357,20 @@ def _resolve_split_names(
     return splits
 
 
-def _hash_rank(name: str, seed: int) -> str:
+def name_rank(name: str, seed: int) -> str:
+    """The sort key of ``name`` in a seeded split: a SHA-256 hash of the seed and the name.
+
+    It depends on nothing else (not on file-system order, Python or NumPy versions), so a name's place in the
+    order never changes when other names are added or removed.
+    """
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
 def carve_validation(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Split ``names`` into (train, val) with ``round(val_fraction * n)`` names in val (at least 1).
 
-    Each name is ranked by a SHA-256 hash of ``seed`` and the name, so the choice depends only on the names and the
-    seed (not on file-system order, Python or NumPy versions), and adding an image never moves another one.
+    Each name is ranked by :func:`name_rank`, so the choice depends only on the names and the seed, and adding an
+    image never moves another one.
     With fewer than 2 names, or ``val_fraction == 0``, val is empty.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -367,7 +378,7 @@ def carve_validation(names: list[str], val_fraction: float, seed: int) -> tuple[
     if val_fraction == 0.0 or len(names) < 2:
         return sorted(names), []
     n_val = min(len(names) - 1, max(1, math.floor(val_fraction * len(names) + 0.5)))
-    val = set(sorted(names, key=lambda name: _hash_rank(name, seed))[:n_val])
+    val = set(sorted(names, key=lambda name: name_rank(name, seed))[:n_val])
     return sorted(set(names) - val), sorted(val)
 
 
@@ -377,7 +388,8 @@ def discover(
     """Index the image/mask pairs of ``root`` and their splits (see the module docstring for the layout).
 
     ``split_file`` (a GMS ``.pkl`` or a ``.csv``; relative paths are also looked up in ``root``) overrides the
-    automatic search for ``*_train_test_names.pkl`` or ``split.csv``. With no split file every pair is ``train``.
+    automatic search for ``*_train_test_names.pkl`` or ``split.csv``. With no split file every pair is ``train``
+    and the index carries a ``no_split_file`` warning.
     With no ``val`` list, ``val_fraction`` of ``train`` is carved out as ``val`` (see :func:`carve_validation`).
     Raises :class:`DataError` only when nothing can be indexed (no folder, unreadable split file); everything else
     is collected in ``problems``.
@@ -405,6 +417,7 @@ def discover(
     if path is None:
         splits = {"train": list(pairs)}
         split_source = "no split file: every pair is train"
+        problems.append(Problem(root, NO_SPLIT_FILE_MESSAGE, "warning", "no_split_file"))
     else:
         known = set(images) | duplicated_images
         splits = _resolve_split_names(path, _read_split_file(path), pairs, known, problems)
