@@ -25,6 +25,13 @@ def test_haar_pyramid_matches_pywavelets_coarsest_coefficients_divided_by_two_to
         np.testing.assert_allclose(bands.numpy(), expected, atol=1e-5)
 
 
+def test_haar_pyramid_runs_in_bfloat16() -> None:
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for full, half in zip(haar_pyramid(images), haar_pyramid(images.bfloat16()), strict=True):
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), full, atol=2e-2, rtol=2e-2)
+
+
 def test_haar_bands_are_band_major_and_hand_computed() -> None:
     # Two colour channels of one 2x2 image [[a, b], [c, d]]: LL = mean, H = (a+b-c-d)/4, V = (a-b+c-d)/4,
     # D = (a-b-c+d)/4 after the level-1 division by 2.

@@ -330,6 +330,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _require_model(args.run)
+    _set_threads(args)
+    from genmedseg.engine.export import export_onnx
+
+    print(export_onnx(args.run, args.onnx, data_root=args.data).summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     _set_threads(args)
     from genmedseg.demo import run_demo
@@ -510,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     _add_threads_flag(generate)
     generate.set_defaults(handler=cmd_generate)
+
+    export = add_verb("export", help="write the model's inference graph as ONNX, checked against PyTorch")
+    export.add_argument("run", help="run folder or model folder")
+    export.add_argument("--onnx", required=True, metavar="FILE", help="output file (.onnx)")
+    export.add_argument("--data", help="dataset whose images check the export (default: the run's own)")
+    _add_threads_flag(export)
+    export.set_defaults(handler=cmd_export)
 
     report = add_verb("report", help="write report.html for an evaluation folder")
     report.add_argument("evaluation", help="folder written by `genmedseg evaluate`")

@@ -21,3 +21,7 @@ class WeightsError(GenMedSegError):
 
 class TrainingError(GenMedSegError):
     """Training cannot go on (a diverged loss, a checkpoint that cannot be written); earlier checkpoints are intact."""
+
+
+class ExportError(GenMedSegError):
+    """A model cannot be exported as asked, or its export does not compute what the model computes."""

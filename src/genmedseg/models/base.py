@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from genmedseg.atomic import atomic_write
-from genmedseg.errors import ConfigError
+from genmedseg.errors import ConfigError, ExportError
 from genmedseg.folders import ModelFolder
 from genmedseg.pretrained import PretrainedPart
 
@@ -99,6 +99,28 @@ class Prediction:
             return F.interpolate(values, size=tuple(size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
 
         return Prediction(resize(self.probability), {name: resize(values) for name, values in self.maps.items()})
+
+
+@dataclass(frozen=True)
+class ExportGraph:
+    """What ``genmedseg export`` writes to ONNX: a module with a tensor-only ``forward``, example inputs (batch first;
+    the batch axis is dynamic), the output names, and the contract a runtime must keep, in words."""
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+    contract: str
+
+
+class ProbabilityGraph(nn.Module):
+    """``forward(images) = method.predict_proba(images)``: the whole inference path of a single-pass segmenter."""
+
+    def __init__(self, method: SegmentationMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.method.predict_proba(images)
 
 
 def image_generators(seed: int, keys: Iterable[str]) -> list[torch.Generator]:
@@ -243,6 +265,10 @@ class Method(nn.Module):
             raise ConfigError(f"--sample: unknown key(s) {', '.join(unknown)} for {cls.name}; valid keys: {valid}")
         return {key: option.parse(key, given.get(key, option.default)) for key, option in cls.sampling_options.items()}
 
+    def export_graph(self) -> ExportGraph:
+        """The graph ``genmedseg export`` writes to ONNX; raises :class:`ExportError` saying why a method has none."""
+        raise ExportError(f"{self.name} has no ONNX export")
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -299,6 +325,26 @@ class SegmentationMethod(Method):
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Foreground probability ``(B,1,H,W)`` in [0, 1] for images ``(B,3,H,W)`` in [0, 1]."""
         raise NotImplementedError
+
+    def export_graph(self) -> ExportGraph:
+        """A single-pass segmenter (one that implements ``predict_proba``) exports its whole inference path."""
+        if type(self).predict_proba is SegmentationMethod.predict_proba:
+            raise ExportError(
+                f"{self.name} samples, takes prompts or answers at any resolution, so `predict` is not one graph; "
+                "its export_graph says what it exports instead"
+            )
+        size = self.image_size
+        return ExportGraph(
+            module=ProbabilityGraph(self),
+            inputs={"images": torch.rand(2, 3, size, size)},
+            outputs=("probability",),
+            contract=(
+                f"input `images`: float32 (batch, 3, {size}, {size}), RGB in [0, 1] (uint8 / 255; grayscale "
+                "replicated to 3 channels; resized to the input size with antialiased bilinear interpolation); "
+                "output `probability`: float32 (batch, 1, H, W) in [0, 1], foreground where > 0.5; resize it "
+                "(bilinear) back to each image's own size"
+            ),
+        )
 
     def check_prompts(self, prompts: Boxes) -> None:
         if prompts is not None and self.prompt_kind is None:

@@ -46,9 +46,12 @@ class SpatialSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Return ``x + proj(attention(norm(x)))`` with the shape of ``x``."""
         normed = self.norm(x)
-        # (B, C, H, W) -> (B, HW, C): positions are the sequence, channels the embedding.
-        query, key, value = (layer(normed).flatten(2).transpose(1, 2) for layer in (self.query, self.key, self.value))
-        attended = F.scaled_dot_product_attention(query, key, value)
+        # (B, C, H, W) -> (B, 1, HW, C): one head, positions are the sequence, channels the embedding (the 4-D form
+        # is what fused kernels and the ONNX exporter take).
+        query, key, value = (
+            layer(normed).flatten(2).transpose(1, 2).unsqueeze(1) for layer in (self.query, self.key, self.value)
+        )
+        attended = F.scaled_dot_product_attention(query, key, value).squeeze(1)
         return x + self.proj(attended.transpose(1, 2).reshape(x.shape))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import ptwt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -65,10 +64,26 @@ def haar_pyramid(images: Tensor, levels: Sequence[int] = (1, 2, 3)) -> list[Tens
         # Cascading single-level transforms on LL equals a multi-level DWT and costs 4/3 of one level,
         # instead of one full wavedec2 per requested level.
         for level in range(1, max(levels) + 1):
-            approximation, details = ptwt.wavedec2(approximation, "haar", mode="symmetric", level=1)
+            approximation, *details = haar_step(approximation)
             if level in levels:
                 pyramid.append(torch.cat([approximation, *details], dim=1) / 2**level)
     return pyramid
+
+
+def haar_step(images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One level of the orthonormal 2D Haar DWT of even-sized ``(B, C, H, W)`` images: ``(LL, H, V, D)``.
+
+    The same coefficients (signs included) as PyWavelets' ``dwt2(x, "haar")``, computed from the four pixels of each
+    2 x 2 block by additions only. Haar filters are two taps long, so on even sides no boundary mode is involved.
+    Written out rather than taken from ptwt because this form runs in any dtype (bfloat16 included), exports to ONNX
+    with a dynamic batch, and is what the (tested) definition says.
+    """
+    top_left, top_right = images[..., 0::2, 0::2], images[..., 0::2, 1::2]
+    bottom_left, bottom_right = images[..., 1::2, 0::2], images[..., 1::2, 1::2]
+    top, bottom = top_left + top_right, bottom_left + bottom_right
+    left, right = top_left + bottom_left, top_right + bottom_right
+    diagonal = top_left - top_right - bottom_left + bottom_right
+    return (top + bottom) / 2, (top - bottom) / 2, (left - right) / 2, diagonal / 2
 
 
 def group_norm(channels: int, max_groups: int, eps: float = 1e-5) -> nn.GroupNorm:
