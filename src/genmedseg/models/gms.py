@@ -78,9 +78,6 @@ class GMS(LatentSegmentationMethod):
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> GMS:
         return cls(FrozenSDVAE.from_config(TINY_SD_VAE_CONFIG if tiny else SD_VAE_CONFIG), **options)
 
-    def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(masks.expand(-1, 3, -1, -1))[0]
-
     def noisy_latent(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """The training input: the mean, or with ``noise_probability`` a posterior sample (one coin per batch)."""
         mode = self.options["latent_noise"]
@@ -92,10 +89,10 @@ class GMS(LatentSegmentationMethod):
         return mean + sigma * torch.randn_like(mean)
 
     def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        (target, _), (mean, logvar) = self.encode_masks_and_images(batch["mask"], batch["image"])
         with torch.no_grad():
-            mean, logvar = self.autoencoder.encode(batch["image"])
             latent = self.noisy_latent(mean, logvar)
-        loss, parts = self.mapping_losses(self.mapping(latent), batch["mask"])
+        loss, parts = self.mapping_losses(self.mapping(latent), batch["mask"], target)
         return {"loss": loss, **parts}
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ the heads decoded by the frozen decoder (the gradient goes through the decoder, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ class LatentSegmentationMethod(SegmentationMethod):
 
     Subclasses declare their frozen autoencoder as the ``vae`` pretrained part, take it as the constructor argument
     ``vae``, set ``self.autoencoder``, ``self.mapping`` (a deep-supervised latent mapping model) and ``self.options``,
-    and implement ``mask_latent``. Only the supervised heads and ``out`` are built (see ``keep_heads``).
+    Only the supervised heads and ``out`` are built (see ``keep_heads``).
     """
 
     size_multiple = 8
@@ -45,20 +46,24 @@ class LatentSegmentationMethod(SegmentationMethod):
         """The heads that enter the losses, and ``out``, the one that predicts."""
         return tuple(dict.fromkeys((*self.supervised_heads, "out")))
 
-    def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's latent of binary masks ``(B,1,H,W)`` (encoded as grey RGB images)."""
-        raise NotImplementedError
-
     def decode_proba(self, latents: torch.Tensor) -> torch.Tensor:
         """Frozen decoder output averaged over RGB: a probability map in [0, 1]."""
         return self.autoencoder.decode(latents).mean(dim=1, keepdim=True).clamp(0.0, 1.0)
 
-    def mapping_losses(
-        self, heads: dict[str, torch.Tensor], masks: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted latent MSE + image-space Dice over the supervised heads, and the unweighted parts."""
+    def encode_masks_and_images(self, masks: torch.Tensor, images: torch.Tensor) -> tuple[Any, Any]:
+        """The frozen encoder's output for binary masks ``(B,1,H,W)`` (as grey RGB images) and for the images, from
+        one batched call without gradient: each step needs both, and one call of twice the batch is cheaper."""
         with torch.no_grad():
-            target = self.mask_latent(masks)
+            output = self.autoencoder.encode(torch.cat([masks.expand(-1, 3, -1, -1), images]))
+        if isinstance(output, tuple):  # the SD VAE's posterior (mean, logvar)
+            return tuple(zip(*(part.chunk(2) for part in output), strict=True))
+        return tuple(output.chunk(2))
+
+    def mapping_losses(
+        self, heads: dict[str, torch.Tensor], masks: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted latent MSE (against ``target``, the masks' latent) + image-space Dice over the supervised heads,
+        and the unweighted parts."""
         latent_mse = sum(F.mse_loss(heads[name], target) for name in self.supervised_heads)
         # One decoder call for all supervised heads: the same result as one call per head, with fewer launches.
         supervised = torch.cat([heads[name] for name in self.supervised_heads])

@@ -126,16 +126,14 @@ class WaveGMS(LatentSegmentationMethod):
         details = haar_pyramid(images, levels=(3,))[0][:, images.shape[1] :]
         return self.mapping(latent, self.guidance(details))
 
-    def mask_latent(self, masks: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(masks.expand(-1, 3, -1, -1))
-
     def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
-        latent = self.image_latent(images, sample=True)
-        loss, parts = self.mapping_losses(self.map_latent(latent, images), masks)
+        # The VAE's latents of the masks (the target) and of the images (the alignment teacher, or the tiny-vae
+        # variant's input): one frozen-encoder call.
+        target, teacher = self.encode_masks_and_images(masks, images)
+        latent = self.image_latent(images, sample=True) if self.encoder is not None else teacher
+        loss, parts = self.mapping_losses(self.map_latent(latent, images), masks, target)
         if self.encoder is not None and self.options["align_weight"]:
-            with torch.no_grad():
-                teacher = self.autoencoder.encode(images)
             parts["align"] = self.alignment_loss(latent, teacher)
             loss = loss + self.options["align_weight"] * parts["align"]
         return {"loss": loss, **parts}
