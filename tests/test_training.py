@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import BinaryIO
 
 import lightning as L
 import pytest
@@ -13,7 +14,7 @@ from conftest import TINY_OPTIONS
 from genmedseg.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from genmedseg.engine.task import learning_rate_factor
 from genmedseg.engine.training import AtomicCheckpointIO, fit
-from genmedseg.errors import ConfigError, DataError
+from genmedseg.errors import ConfigError, DataError, TrainingError
 
 
 def tiny_config(data: Path, vae: Path, epochs: int = 4, **train: object) -> RunConfig:
@@ -88,12 +89,12 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"weights": torch.ones(3)}, path)
 
-    def crash(obj: object, target: Path) -> None:
-        Path(target).write_bytes(b"half a checkpoint")
+    def crash(obj: object, handle: BinaryIO) -> None:
+        handle.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TrainingError, match=r"disk full.*previous last\.ckpt is intact"):
         io.save_checkpoint({"weights": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path)["weights"], torch.ones(3))

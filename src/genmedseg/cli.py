@@ -130,6 +130,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from genmedseg.config import RunConfig, read_yaml
+    from genmedseg.environment import is_worker_rank
     from genmedseg.errors import DataError
     from genmedseg.folders import RunFolder
     from genmedseg.models.registry import check_model_name
@@ -156,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("give --out RUN, the folder that will hold checkpoints, logs and the model")
         run = RunFolder(Path(args.out))
-        if run.is_run():
+        if run.is_run() and not is_worker_rank():
             raise ConfigError(
                 f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
             )

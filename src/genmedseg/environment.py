@@ -64,3 +64,8 @@ def describe_environment() -> str:
         if variable in os.environ:
             lines.append(f"${variable} = {os.environ[variable]}")
     return "\n".join(lines)
+
+
+def is_worker_rank() -> bool:
+    """True in the extra processes that DDP launches (they must not redo the launcher's one-off work)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0

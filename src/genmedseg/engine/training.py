@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -34,6 +33,7 @@ from genmedseg.data import EpochShuffleSampler, SegmentationDataset, assert_data
 from genmedseg.data.layout import DatasetIndex
 from genmedseg.engine.model_card import render_model_card
 from genmedseg.engine.task import ExponentialMovingAverage, MethodTask, method_state
+from genmedseg.environment import is_worker_rank
 from genmedseg.errors import ConfigError, TrainingError
 from genmedseg.folders import RunFolder
 from genmedseg.models.base import Method, image_generators
@@ -184,11 +184,6 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
-
-
-def is_worker_rank() -> bool:
-    """True in the extra processes that DDP launches (they must not redo the launcher's one-off work)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 def read_run_record(run: RunFolder) -> dict[str, Any]:
@@ -401,14 +396,19 @@ def _train(
         raise KeyboardInterrupt from None
     finally:
         if trainer.is_global_zero and run.last_checkpoint.is_file():
-            _record_session(run, first_epoch, time.perf_counter() - started, outcome, task.nonfinite_steps)
+            _record_session(
+                run, first_epoch, time.perf_counter() - started, outcome, task.nonfinite_steps, trainer.world_size
+            )
     if not trainer.is_global_zero:
         return {}
     return _finish_run(config, run, index, method, frozen, trainer, best, trivial.warnings(), task.nonfinite_steps)
 
 
-def _record_session(run: RunFolder, first_epoch: int, seconds: float, outcome: str, nonfinite: int) -> None:
-    """Append this training session to ``run.json``: how long it trained, which epochs it finished, how it ended."""
+def _record_session(
+    run: RunFolder, first_epoch: int, seconds: float, outcome: str, nonfinite: int, processes: int
+) -> None:
+    """Append this training session to ``run.json``: how long it trained on how many processes, which epochs it
+    finished, how it ended."""
     finished = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1
     record = read_run_record(run)
     record.setdefault("sessions", []).append(
@@ -416,6 +416,7 @@ def _record_session(run: RunFolder, first_epoch: int, seconds: float, outcome: s
             "started_epoch": first_epoch,
             "epochs_finished": finished,
             "seconds": round(seconds, 1),
+            "processes": processes,
             "ended": outcome,
             "nonfinite_steps_skipped": nonfinite,
         }
