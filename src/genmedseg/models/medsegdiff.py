@@ -333,8 +333,8 @@ class DiffusionUNet(nn.Module):
         skips = [h]
         for index, block in enumerate(self.down):
             h = block(h, embedding)
-            fusion = self.fusions.get(str(index))
-            if fusion is not None:
+            if str(index) in self.fusions:
+                fusion = self.fusions[str(index)]
                 level = round(math.log2(images.shape[-1] / h.shape[-1]))
                 h = fusion(h, condition.encoder[level])
             skips.append(h)
