@@ -94,26 +94,24 @@ def _conv_block(in_channels: int, out_channels: int, negative_slope: float) -> n
 
 @dataclass
 class Condition:
-    """What the image-only condition network gives, once per image: encoder features per level (full resolution
-    first), decoder features (coarsest first, full resolution last) and the sigmoid ``calibration`` map."""
+    """What the image-only condition network gives, once per image: its encoder features per level (full resolution
+    first; what V1 fuses), the released "anchor" ``cat(d0, d0, up(d1))`` of its two finest decoder levels at full
+    resolution (what version ``anchor`` adds) and its sigmoid ``calibration`` map."""
 
     encoder: list[torch.Tensor]
-    decoder: list[torch.Tensor]
+    anchor: torch.Tensor | None
     calibration: torch.Tensor
 
-    def anchor(self) -> torch.Tensor:
-        """The released "anchor": ``cat(d0, d0, up(d1))`` of the two finest decoder levels at full resolution."""
-        finest, second = self.decoder[-1], self.decoder[-2]
-        second = F.interpolate(second, size=finest.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat([finest, finest, second], dim=1)
-
-    def repeat(self, times: int) -> Condition:
-        """Each image's features ``times`` times in a row (image-major), for an ensemble run as one batch."""
+    def for_sampling(self, version: str, times: int) -> Condition:
+        """What the U-Net of ``version`` reads, each image's ``times`` times in a row (image-major), for an ensemble
+        run as one batch; the rest is left out so that it is not copied ``times`` times."""
 
         def rep(values: torch.Tensor) -> torch.Tensor:
-            return values.repeat_interleave(times, dim=0)
+            return values if times == 1 else values.repeat_interleave(times, dim=0)
 
-        return Condition([rep(f) for f in self.encoder], [rep(f) for f in self.decoder], rep(self.calibration))
+        if version == "v1":
+            return Condition([rep(f) for f in self.encoder], None, self.calibration)
+        return Condition([], rep(self.anchor), self.calibration)
 
 
 class ConditionNetwork(nn.Module):
@@ -153,7 +151,11 @@ class ConditionNetwork(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
             decoder.append(h)
-        return Condition(encoder, decoder, torch.sigmoid(self.head(h)))
+        anchor = None
+        if len(decoder) > 1:
+            second = F.interpolate(decoder[-2], size=h.shape[-2:], mode="bilinear", align_corners=False)
+            anchor = torch.cat([h, h, second], dim=1)
+        return Condition(encoder, anchor, torch.sigmoid(self.head(h)))
 
 
 # ---------------------------------------------------------------------------------------------------- MedSegDiff-V1
@@ -329,7 +331,7 @@ class DiffusionUNet(nn.Module):
         embedding = self.time_embedding(self.time_proj(timesteps).to(noisy.dtype))
         h = self.conv_in(torch.cat([images, noisy], dim=1))
         if self.version == "anchor":
-            h = h + condition.anchor().detach()  # the highway net learns from its own loss only, as released
+            h = h + condition.anchor.detach()  # the highway net learns from its own loss only, as released
         skips = [h]
         for index, block in enumerate(self.down):
             h = block(h, embedding)
@@ -466,8 +468,11 @@ class MedSegDiff(SegmentationMethod):
                 f"highway_channels={highway_channels}) to the U-Net's first features ({model_channels}); set "
                 f"highway_channels={model_channels // 4} and model_channels a multiple of 4"
             )
-        if highway_pools < 1:
-            raise ConfigError(f"highway_pools={highway_pools}: the condition network needs at least one pooling")
+        if highway_pools < 2:
+            raise ConfigError(
+                f"highway_pools={highway_pools}: the condition network needs at least two poolings (the anchor reads "
+                "its two finest decoder levels)"
+            )
         # Instance attribute: the check in Method.__init__ and the generic tests read it from the instance.
         self.size_multiple = max(2 ** (len(channel_mult) - 1), 2**highway_pools)
         super().__init__(image_size)
@@ -628,12 +633,14 @@ class MedSegDiff(SegmentationMethod):
         """``members`` samples per image as one batch, each with its own generator drawn from its image's, so that an
         image's samples depend neither on its batch nor on which solver step is running. ``(B, K, 1, H, W)``."""
         batch = images.shape[0]
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch} images")
         member_generators = member_generators_of(generator, members)
         height, width = images.shape[-2:]
         noise = torch.stack([torch.randn(1, height, width, generator=g) for g in member_generators])
         noise = noise.to(device=images.device, dtype=images.dtype)
         repeated_images = images.repeat_interleave(members, dim=0)
-        repeated = condition.repeat(members) if members > 1 else condition
+        repeated = condition.for_sampling(self.options["version"], members)
         denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda x, t: self.unet(  # noqa: E731
             x, t, repeated_images, repeated
         )
