@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=6)
     parser.add_argument("--ddpm-images", type=int, default=2)
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated sampler-steps-ensemble")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "medsegdiff-cpu"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,11 +139,18 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-        write_results(out, args, summary, config, names, rows)  # after every setting: a timeout keeps the rest
+        # After every setting, so that a timeout keeps what was measured.
+        write_results(out, args, summary, config, method.num_parameters(), names, rows)
 
 
 def write_results(
-    out: Path, args: argparse.Namespace, summary: dict[str, Any], config: RunConfig, names: list[str], rows: list
+    out: Path,
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    config: RunConfig,
+    parameters: int,
+    names: list[str],
+    rows: list[dict[str, Any]],
 ) -> None:
     record = {
         "command": "python benchmarks/medsegdiff.py "
@@ -157,7 +164,7 @@ def write_results(
             "train_seconds": summary["train_seconds"],
             "seconds_per_step": summary["train_seconds"] / max(1, summary["steps"]),
             "best_val_dice": summary["best_val"]["value"],
-            "parameters": summary["parameters"],
+            "parameters": parameters,
             "options": config.model.options,
         },
         "test_images": names,
