@@ -193,7 +193,8 @@ def write_markdown(path: Path, record: dict[str, Any]) -> None:
         "Inference: one image per call (its ensemble members as one batch), each image's own size for the metrics. "
         "U-Net evaluations are counted (samples through the U-Net per image), and so are condition passes. "
         "`released Dice` is the original's threshold-averaged protocol (each map divided by its maximum, thresholds "
-        "0.1-0.9), computed from the same probability maps.",
+        "0.1-0.9), computed from the same probability maps. A row on fewer images (DDPM-1000) uses the first ones of "
+        "the same list, so its accuracy compares only roughly with the others'.",
         "",
         "| setting | images | s/image | U-Net evals/image | condition passes/image | Dice | IoU | HD95 px "
         "| released Dice |",
