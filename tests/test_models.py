@@ -174,6 +174,17 @@ class TestUNet(SegmenterTester):
     model_name = "unet"
 
 
+class TestMedSegDiff(SegmenterTester):
+    model_name = "medsegdiff"
+    sampling = {"sampler": "ddim", "steps": 2, "ensemble": 2}
+
+
+class TestMedSegDiffV1(SegmenterTester):
+    model_name = "medsegdiff"
+    options = {"version": "v1", "learned_variance": True}
+    sampling = {"sampler": "ddpm", "steps": 2, "ensemble": 2}
+
+
 def _all_testers(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_testers(direct))]
 
@@ -184,7 +195,7 @@ def test_every_registered_model_has_a_tester() -> None:
 
 
 def test_unknown_model_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="valid models are: gms, unet, wave-gms"):
+    with pytest.raises(ConfigError, match="valid models are: gms, medsegdiff, unet, wave-gms"):
         create_model("wavegms")
 
 
