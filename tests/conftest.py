@@ -35,6 +35,13 @@ TINY_OPTIONS = {
     "wave-gms": {"encoder_channels": 8, "mapping_channels": 16},
     "gms": {"mapping_channels": 16},
     "unet": {"features": [8, 8, 16, 16, 32, 8]},
+    "seg-guided-diffusion": {
+        "block_channels": [8, 16],
+        "attention_levels": [1],
+        "layers_per_block": 1,
+        "norm_groups": 4,
+        "train_steps": 100,
+    },
 }
 
 

@@ -174,6 +174,17 @@ class TestUNet(SegmenterTester):
     model_name = "unet"
 
 
+class TestSegGuidedDiffusion(GeneratorTester):
+    model_name = "seg-guided-diffusion"
+    sampling = {"steps": 2}
+
+
+class TestSegGuidedDiffusionGrayscaleAblated(GeneratorTester):
+    model_name = "seg-guided-diffusion"
+    options = {"image_channels": 1, "conditioning": "single-channel", "mask_ablation": True}
+    sampling = {"sampler": "ddpm", "steps": 2}
+
+
 def _all_testers(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_testers(direct))]
 
@@ -184,7 +195,7 @@ def test_every_registered_model_has_a_tester() -> None:
 
 
 def test_unknown_model_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="valid models are: gms, unet, wave-gms"):
+    with pytest.raises(ConfigError, match="valid models are: gms, seg-guided-diffusion, unet, wave-gms"):
         create_model("wavegms")
 
 
