@@ -35,6 +35,17 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset folder (GMS layout or images/ + masks/ + split.csv)")
     parser.add_argument("--split-file", help="split file if not the one found in the dataset folder")
     parser.add_argument(
+        "--extra-data",
+        metavar="DIR",
+        help="a second dataset (e.g. pairs from `genmedseg generate`) whose train pairs join training only",
+    )
+    parser.add_argument(
+        "--extra-weight",
+        type=float,
+        metavar="W",
+        help="sampling weight of an extra pair relative to a real one; default 1 (every pair once per epoch)",
+    )
+    parser.add_argument(
         "--pretrained",
         action="append",
         default=[],
@@ -82,7 +93,13 @@ def _config_from_args(args: argparse.Namespace, raw: dict[str, Any], base: RunCo
         base.update(raw, source=args.config or "configuration")
     config = base
     config.override(
-        "data", root=args.data, split_file=args.split_file, image_size=args.image_size, num_workers=args.num_workers
+        "data",
+        root=args.data,
+        split_file=args.split_file,
+        image_size=args.image_size,
+        num_workers=args.num_workers,
+        extra_root=args.extra_data,
+        extra_weight=args.extra_weight,
     )
     devices = args.devices
     if devices is not None and devices.lstrip("-").isdigit():
@@ -168,6 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
     if not Path(data).is_dir():
         raise DataError(f"{data}: dataset folder not found")
+    if args.extra_data and not Path(args.extra_data).is_dir():
+        raise DataError(f"--extra-data {args.extra_data}: dataset folder not found")
+    if args.extra_weight is not None and args.extra_weight <= 0:
+        raise ConfigError(f"--extra-weight {args.extra_weight:g}: must be above 0 (leave out --extra-data instead)")
     _set_threads(args)
     config = _config_from_args(args, raw, base)
     from genmedseg.engine.training import fit
