@@ -352,6 +352,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_synthetic(args: argparse.Namespace) -> int:
+    _require_model(args.seg_run)
+    if not Path(args.synthetic).is_dir():
+        from genmedseg.errors import DataError
+
+        raise DataError(f"{args.synthetic}: no such folder (a dataset written by `genmedseg generate`)")
+    sampling = _key_values(args.sample, "--sample", "steps=20")
+    _set_threads(args)
+    from genmedseg.engine.synthetic_quality import evaluate_synthetic, format_synthetic_summary
+
+    summary = evaluate_synthetic(
+        args.seg_run,
+        args.synthetic,
+        out=args.out,
+        vae=args.vae,
+        batch_size=args.batch_size,
+        sampling=sampling,
+        seed=args.seed,
+    )
+    print(format_synthetic_summary(summary))
+    if args.out:
+        print(f"written: {Path(args.out) / 'summary.json'}, {Path(args.out) / 'metrics.csv'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     _require_model(args.run)
     _set_threads(args)
@@ -541,6 +566,29 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     _add_threads_flag(generate)
     generate.set_defaults(handler=cmd_generate)
+
+    synthetic = add_verb(
+        "evaluate-synthetic",
+        help="faithfulness (a segmenter's Dice on synthetic images vs their masks, beside real ones) and realism "
+        "(Fréchet distance of tiny-VAE encoder features) of a dataset written by `generate`",
+    )
+    synthetic.add_argument("seg_run", metavar="SEG_RUN", help="run folder or model folder of a segmenter")
+    synthetic.add_argument("synthetic", metavar="NEW_DIR", help="dataset folder written by `genmedseg generate`")
+    synthetic.add_argument("--out", help="folder for summary.json and metrics.csv (default: print only)")
+    synthetic.add_argument(
+        "--vae", help="tiny-VAE encoder for the realism features (default: GENMEDSEG_VAE, else madebyollin/taesd)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="seeds the split of the real images into halves")
+    synthetic.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling option of the segmenter (repeatable)",
+    )
+    synthetic.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    _add_threads_flag(synthetic)
+    synthetic.set_defaults(handler=cmd_evaluate_synthetic)
 
     export = add_verb("export", help="write the model's inference graph as ONNX, checked against PyTorch")
     export.add_argument("run", help="run folder or model folder")

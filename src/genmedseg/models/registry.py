@@ -27,7 +27,7 @@ MODELS: dict[str, str | type[Method]] = {
 }
 """``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
 
-ROLE_VERBS = {"segmenter": ("evaluate", "predict"), "generator": ("generate",)}
+ROLE_VERBS = {"segmenter": ("evaluate", "predict", "evaluate-synthetic"), "generator": ("generate",)}
 """The verbs that use a trained model, by the role of its method."""
 
 
