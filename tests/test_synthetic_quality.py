@@ -113,6 +113,9 @@ def test_a_faithful_generator_scores_dice_one(
     real = faithfulness["real_vs_its_mask"]["dice"]
     assert real["n"] == 8 and 0.0 <= real["mean"] <= 1.0
     assert faithfulness["dice_gap_mean"] == pytest.approx(1.0 - real["mean"])
+    # Another source's mask scores lower: the predictions follow their own masks.
+    assert faithfulness["control_synthetic_vs_another_mask"] < 0.9
+    assert 0.0 <= faithfulness["control_real_vs_another_mask"] <= 1.0
     realism = summary["realism"]
     assert realism["name"] == DISTANCE_NAME and "FID" not in realism["name"]
     assert realism["feature_dims"] == 8  # mean and std of the tiny VAE's 4 latent channels

@@ -32,7 +32,7 @@ from genmedseg.atomic import atomic_write
 from genmedseg.data import discover, read_image, read_label_map, resize_image
 from genmedseg.engine.inference import load_segmenter
 from genmedseg.errors import ConfigError, DataError
-from genmedseg.metrics import THRESHOLD, frechet_distance, segmentation_metrics, summarize
+from genmedseg.metrics import THRESHOLD, dice, frechet_distance, segmentation_metrics, summarize
 
 DISTANCE_NAME = "Fréchet distance (TAESD-family encoder features: per-channel latent mean and std)"
 PROVENANCE = "provenance.json"
@@ -76,10 +76,9 @@ def evaluate_synthetic(
         real_images.append(image.mean(axis=2, keepdims=True).repeat(3, axis=2) if grayscale else image)
         real_masks.append(mask)
 
-    synthetic_rows = _segment(
-        segmenter, synthetic_images, conditioning, [p["name"] for p in pairs], batch_size, sampling
-    )
-    real_rows = _segment(segmenter, real_images, real_masks, sources, batch_size, sampling)
+    names = [pair["name"] for pair in pairs]
+    synthetic_rows, synthetic_masks = _segment(segmenter, synthetic_images, conditioning, names, batch_size, sampling)
+    real_rows, real_predictions = _segment(segmenter, real_images, real_masks, sources, batch_size, sampling)
     real_dice = {source: row["dice"] for source, row in zip(sources, real_rows, strict=True)}
     gaps = [row["dice"] - real_dice[pair["source_mask"]] for row, pair in zip(synthetic_rows, pairs, strict=True)]
 
@@ -102,8 +101,11 @@ def evaluate_synthetic(
             "synthetic_vs_conditioning_mask": summarize(synthetic_rows),
             "real_vs_its_mask": summarize(real_rows),
             "dice_gap_mean": float(np.mean(gaps)),
+            "control_synthetic_vs_another_mask": _mismatched_dice(synthetic_masks, conditioning, pairs),
+            "control_real_vs_another_mask": _mismatched_dice(real_predictions, real_masks, None),
             "note": "Dice of the segmenter's mask on each synthetic image against the mask it was generated from, "
-            "beside its Dice on the real images of those masks (same grid)",
+            "beside its Dice on the real images of those masks (same grid); the controls score the same predictions "
+            "against the mask of another source (what a prediction that ignores the image's mask would get)",
         },
         "realism": {
             "name": DISTANCE_NAME,
@@ -157,14 +159,32 @@ def _segment(
     keys: Sequence[str],
     batch_size: int,
     sampling: Mapping[str, Any] | None,
-) -> list[dict[str, Any]]:
-    rows = []
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Per-image metric rows of the segmenter's masks against ``masks``, and those binary masks."""
+    rows, predicted = [], []
     for start in range(0, len(images), batch_size):
         chunk = slice(start, start + batch_size)
         maps = segmenter.predict_batch(list(images[chunk]), keys=list(keys[chunk]), sampling=sampling)
         for key, prediction, mask in zip(keys[chunk], maps, masks[chunk], strict=True):
-            rows.append({"name": key, **segmentation_metrics(prediction["probability"] > THRESHOLD, mask)})
-    return rows
+            binary = prediction["probability"] > THRESHOLD
+            rows.append({"name": key, **segmentation_metrics(binary, mask)})
+            predicted.append(binary)
+    return rows, predicted
+
+
+def _mismatched_dice(
+    predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], pairs: Sequence[Mapping[str, Any]] | None
+) -> float | None:
+    """Mean Dice of each prediction against the mask of the next item from another source (cyclically): the
+    score of predictions that owe nothing to their own mask. None with a single source."""
+    sources = [pair["source_mask"] for pair in pairs] if pairs is not None else list(range(len(masks)))
+    if len(set(sources)) < 2:
+        return None
+    scores = []
+    for i, prediction in enumerate(predictions):
+        j = next(k % len(masks) for k in range(i + 1, i + len(masks)) if sources[k % len(masks)] != sources[i])
+        scores.append(dice(prediction, masks[j]))
+    return float(np.mean(scores))
 
 
 @torch.no_grad()
@@ -210,12 +230,19 @@ def format_synthetic_summary(summary: Mapping[str, Any]) -> str:
             f"  synthetic images vs their conditioning masks: {synthetic['mean']:.4f} +- {synthetic['std']:.4f}"
             f" (n={synthetic['n']})",
             f"  real images of those masks:                   {real['mean']:.4f} +- {real['std']:.4f} (n={real['n']})",
+            "  control, the same predictions vs another source's mask: synthetic"
+            f" {_number(faith['control_synthetic_vs_another_mask'])},"
+            f" real {_number(faith['control_real_vs_another_mask'])}",
             f"realism: {realism['name']}:",
             f"  real vs synthetic: {realism['real_vs_synthetic']:.4f}",
             f"  synthetic vs a real half (floor's sizes): {realism['synthetic_vs_real_half_same_sizes']:.4f};"
             f" floor (real half vs real half): {realism['floor_real_half_vs_real_half']:.4f}",
         ]
     )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _write(
