@@ -51,20 +51,23 @@ def main_benchmark() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="seg-guided-cpu-"))
     size = str(args.image_size)
     started = time.perf_counter()
-    data = resized_copy(Path(args.data), work / "data", args.image_size)
+    data = work / "data"
+    if not data.is_dir():
+        resized_copy(Path(args.data), data, args.image_size)
     times = {"resize_copy_s": time.perf_counter() - started}
     common = ["--accelerator", "cpu", "--image-size", size, "--threads", str(args.threads)]
     segmenter, generator, generated = work / "unet", work / "generator", work / "generated"
+    # A stage whose result is already in --work is kept (so that a run cut by the 10-minute limit continues).
     budget = ["--epochs", "1000", "--batch-size", "8", "--lr", "1e-3", "--max-minutes", str(args.segmenter_minutes)]
-    times["segmenter_train_s"] = run(
-        ["train", "--model", "unet", "--data", str(data), "--out", str(segmenter), *common, *budget]
-    )
+    if not (segmenter / "train_summary.json").is_file():
+        run(["train", "--model", "unet", "--data", str(data), "--out", str(segmenter), *common, *budget])
     config = REPOSITORY / "configs" / "seg-guided-diffusion" / "glas-cpu.yaml"
     budget = ["--epochs", str(args.generator_epochs), "--lr", str(args.generator_lr)]
     budget += ["--max-minutes", str(args.generator_minutes), "--preview-every", "5"]
-    times["generator_train_s"] = run(
-        ["train", "--config", str(config), "--data", str(data), "--out", str(generator), *common, *budget]
-    )
+    if not (generator / "train_summary.json").is_file():
+        run(["train", "--config", str(config), "--data", str(data), "--out", str(generator), *common, *budget])
+    for name, folder in (("segmenter", segmenter), ("generator", generator)):
+        times[f"{name}_train_s"] = json.loads((folder / "train_summary.json").read_text())["train_seconds"]
     sampling = ["--sample", "sampler=ddim", "--sample", f"steps={args.steps}", "--sample", "seed=0"]
     times["generate_s"] = run(
         ["generate", str(generator), "--masks", str(data), "--split", "test", "--out", str(generated), *sampling]

@@ -125,6 +125,38 @@ def test_sizes_and_class_ids_are_checked_with_the_fix() -> None:
         model.generate(torch.zeros(1, 1, 15, 16, dtype=torch.long), steps=1)
 
 
+def test_a_short_training_learns_to_follow_the_mask() -> None:
+    """150 Adam steps on bright squares (mask) on a dark ground: DDIM samples are bright inside the mask, dark out."""
+    side = 8
+
+    def squares(n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        labels = torch.zeros(n, 1, side, side, dtype=torch.long)
+        for i in range(n):
+            x, y = torch.randint(0, side // 2 + 1, (2,), generator=generator).tolist()
+            labels[i, :, y : y + side // 2, x : x + side // 2] = 1
+        return {"image": torch.where(labels.bool(), 0.9, 0.1).float().expand(-1, 3, -1, -1), "labels": labels}
+
+    torch.manual_seed(0)
+    model = SegGuidedDiffusion(
+        image_size=side,
+        block_channels=[16, 32],
+        attention_levels=[],
+        layers_per_block=1,
+        norm_groups=8,
+        train_steps=100,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.training_loss(squares(8))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test = squares(8, torch.Generator().manual_seed(5))
+    images = model.eval().generate(test["labels"], generator=image_generators(0, list("abcdefgh")), steps=10)
+    inside = test["labels"].bool().expand_as(images)
+    assert images[inside].mean() > images[~inside].mean() + 0.25
+
+
 def test_paper_network() -> None:
     """The released UNet2DModel: six levels of (128, 128, 256, 256, 512, 512), attention at the fifth level."""
     model = SegGuidedDiffusion(image_size=256, image_channels=1, **PAPER_UNET)
