@@ -38,7 +38,7 @@ def main_benchmark() -> None:
     parser.add_argument("--data", default=str(REPOSITORY.parent / "shared" / "data" / "glas"))
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--generator-minutes", type=float, default=4.5)
-    parser.add_argument("--generator-epochs", type=int, default=30)
+    parser.add_argument("--generator-epochs", type=int, default=60)
     parser.add_argument("--generator-lr", type=float, default=5e-4)
     parser.add_argument("--segmenter-minutes", type=float, default=1.5)
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of generation")
