@@ -35,6 +35,7 @@ TINY_OPTIONS = {
     "wave-gms": {"encoder_channels": 8, "mapping_channels": 16},
     "gms": {"mapping_channels": 16},
     "unet": {"features": [8, 8, 16, 16, 32, 8]},
+    "medsegdiff": {"model_channels": 16, "channel_mult": [1, 2], "highway_pools": 2, "attention_resolutions": [2]},
     "seg-guided-diffusion": {
         "block_channels": [8, 16],
         "attention_levels": [1],

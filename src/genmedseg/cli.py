@@ -72,7 +72,11 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seeds the split, shuffling, augmentation and weights; default 0")
     parser.add_argument("--devices", help="number of devices (several = DDP) or 'auto'; default 1")
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
-    parser.add_argument("--precision", help="Lightning precision, e.g. 32-true (default) or bf16-mixed")
+    parser.add_argument(
+        "--precision",
+        help="Lightning precision: 32-true (default) or bf16-mixed (fast only where bf16 is native: recent GPUs, "
+        "CPUs with AMX)",
+    )
     parser.add_argument("--num-workers", type=int, help="data loading processes; default 0")
     parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpoints kept)")
     parser.add_argument(

@@ -110,7 +110,7 @@ class MethodTask(L.LightningModule):
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
         if self._nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
-            parts = ", ".join(f"{name} {float(value):.4g}" for name, value in losses.items())
+            parts = ", ".join(f"{name} {float(value.detach()):.4g}" for name, value in losses.items())
             raise TrainingError(
                 f"the loss was NaN or infinite in {self._nonfinite_in_a_row} steps in a row (epoch "
                 f"{self.current_epoch}, step {self.global_step}; {parts}). Likely causes: a learning rate too high "

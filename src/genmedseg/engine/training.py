@@ -185,6 +185,8 @@ def quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # A non-finite loss skips its step on purpose, by returning None (the skips are counted and reported).
+        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:

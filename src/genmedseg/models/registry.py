@@ -23,6 +23,7 @@ MODELS: dict[str, str | type[Method]] = {
     "wave-gms": "genmedseg.models.wave_gms:WaveGMS",
     "gms": "genmedseg.models.gms:GMS",
     "unet": "genmedseg.models.unet:UNet",
+    "medsegdiff": "genmedseg.models.medsegdiff:MedSegDiff",
     "seg-guided-diffusion": "genmedseg.models.seg_guided:SegGuidedDiffusion",
 }
 """``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
