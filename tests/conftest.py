@@ -36,6 +36,13 @@ TINY_OPTIONS = {
     "gms": {"mapping_channels": 16},
     "unet": {"features": [8, 8, 16, 16, 32, 8]},
     "medsegdiff": {"model_channels": 16, "channel_mult": [1, 2], "highway_pools": 2, "attention_resolutions": [2]},
+    "seg-guided-diffusion": {
+        "block_channels": [8, 16],
+        "attention_levels": [1],
+        "layers_per_block": 1,
+        "norm_groups": 4,
+        "train_steps": 100,
+    },
 }
 
 

@@ -185,6 +185,17 @@ class TestMedSegDiffV1(SegmenterTester):
     sampling = {"sampler": "ddpm", "steps": 2, "ensemble": 2}
 
 
+class TestSegGuidedDiffusion(GeneratorTester):
+    model_name = "seg-guided-diffusion"
+    sampling = {"steps": 2}
+
+
+class TestSegGuidedDiffusionGrayscaleAblated(GeneratorTester):
+    model_name = "seg-guided-diffusion"
+    options = {"image_channels": 1, "conditioning": "single-channel", "mask_ablation": True}
+    sampling = {"sampler": "ddpm", "steps": 2}
+
+
 def _all_testers(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_testers(direct))]
 
@@ -195,7 +206,7 @@ def test_every_registered_model_has_a_tester() -> None:
 
 
 def test_unknown_model_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="valid models are: gms, medsegdiff, unet, wave-gms"):
+    with pytest.raises(ConfigError, match="valid models are: gms, medsegdiff, seg-guided-diffusion, unet, wave-gms"):
         create_model("wavegms")
 
 

@@ -35,6 +35,17 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset folder (GMS layout or images/ + masks/ + split.csv)")
     parser.add_argument("--split-file", help="split file if not the one found in the dataset folder")
     parser.add_argument(
+        "--extra-data",
+        metavar="DIR",
+        help="a second dataset (e.g. pairs from `genmedseg generate`) whose train pairs join training only",
+    )
+    parser.add_argument(
+        "--extra-weight",
+        type=float,
+        metavar="W",
+        help="sampling weight of an extra pair relative to a real one; default 1 (every pair once per epoch)",
+    )
+    parser.add_argument(
         "--pretrained",
         action="append",
         default=[],
@@ -85,7 +96,13 @@ def _config_from_args(args: argparse.Namespace, raw: dict[str, Any], base: RunCo
         base.update(raw, source=args.config or "configuration")
     config = base
     config.override(
-        "data", root=args.data, split_file=args.split_file, image_size=args.image_size, num_workers=args.num_workers
+        "data",
+        root=args.data,
+        split_file=args.split_file,
+        image_size=args.image_size,
+        num_workers=args.num_workers,
+        extra_root=args.extra_data,
+        extra_weight=args.extra_weight,
     )
     devices = args.devices
     if devices is not None and devices.lstrip("-").isdigit():
@@ -171,6 +188,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
     if not Path(data).is_dir():
         raise DataError(f"{data}: dataset folder not found")
+    if args.extra_data and not Path(args.extra_data).is_dir():
+        raise DataError(f"--extra-data {args.extra_data}: dataset folder not found")
+    if args.extra_weight is not None and args.extra_weight <= 0:
+        raise ConfigError(f"--extra-weight {args.extra_weight:g}: must be above 0 (leave out --extra-data instead)")
     _set_threads(args)
     config = _config_from_args(args, raw, base)
     from genmedseg.engine.training import fit
@@ -331,6 +352,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampling=sampling,
     )
     print(f"generated dataset: {out} (images/, masks/, split.csv, provenance.json)")
+    return 0
+
+
+def cmd_evaluate_synthetic(args: argparse.Namespace) -> int:
+    _require_model(args.seg_run)
+    if not Path(args.synthetic).is_dir():
+        from genmedseg.errors import DataError
+
+        raise DataError(f"{args.synthetic}: no such folder (a dataset written by `genmedseg generate`)")
+    sampling = _key_values(args.sample, "--sample", "steps=20")
+    _set_threads(args)
+    from genmedseg.engine.synthetic_quality import evaluate_synthetic, format_synthetic_summary
+
+    summary = evaluate_synthetic(
+        args.seg_run,
+        args.synthetic,
+        out=args.out,
+        vae=args.vae,
+        batch_size=args.batch_size,
+        sampling=sampling,
+        seed=args.seed,
+    )
+    print(format_synthetic_summary(summary))
+    if args.out:
+        print(f"written: {Path(args.out) / 'summary.json'}, {Path(args.out) / 'metrics.csv'}")
     return 0
 
 
@@ -523,6 +569,29 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     _add_threads_flag(generate)
     generate.set_defaults(handler=cmd_generate)
+
+    synthetic = add_verb(
+        "evaluate-synthetic",
+        help="faithfulness (a segmenter's Dice on synthetic images vs their masks, beside real ones) and realism "
+        "(Fréchet distance of tiny-VAE encoder features) of a dataset written by `generate`",
+    )
+    synthetic.add_argument("seg_run", metavar="SEG_RUN", help="run folder or model folder of a segmenter")
+    synthetic.add_argument("synthetic", metavar="NEW_DIR", help="dataset folder written by `genmedseg generate`")
+    synthetic.add_argument("--out", help="folder for summary.json and metrics.csv (default: print only)")
+    synthetic.add_argument(
+        "--vae", help="tiny-VAE encoder for the realism features (default: GENMEDSEG_VAE, else madebyollin/taesd)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="seeds the split of the real images into halves")
+    synthetic.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampling option of the segmenter (repeatable)",
+    )
+    synthetic.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    _add_threads_flag(synthetic)
+    synthetic.set_defaults(handler=cmd_evaluate_synthetic)
 
     export = add_verb("export", help="write the model's inference graph as ONNX, checked against PyTorch")
     export.add_argument("run", help="run folder or model folder")

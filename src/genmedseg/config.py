@@ -33,6 +33,10 @@ class DataConfig:
     val_fraction: float = 0.1
     augment: bool = True
     num_workers: int = 0
+    extra_root: str | None = None
+    """A second dataset whose train pairs are added to training only (e.g. synthetic pairs from ``generate``)."""
+    extra_weight: float = 1.0
+    """Sampling weight of an extra pair relative to a real one (1: every pair once per epoch)."""
 
 
 @dataclass

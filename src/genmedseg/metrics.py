@@ -137,6 +137,29 @@ def summarize(rows: Sequence[dict]) -> dict:
     return summary
 
 
+def frechet_distance(features_a: ArrayLike, features_b: ArrayLike) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``(n, d)`` and ``(m, d)``:
+    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with sample covariances (ddof 1).
+
+    The formula of FID, for any feature space; name the features when reporting it. ``scipy.linalg.sqrtm`` gives the
+    matrix square root; when the product is singular (fewer samples than dimensions), 1e-6 is added to both
+    diagonals, and the imaginary part that rounding leaves is dropped. Both sets need at least 2 samples.
+    """
+    from scipy import linalg
+
+    a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"feature sets of shapes {a.shape} and {b.shape}: need (n >= 2, d) and (m >= 2, d)")
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    trace = np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(np.real(root))
+    return float(np.sum((mean_a - mean_b) ** 2) + trace)
+
+
 def batch_dice(proba: torch.Tensor, target: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     """Per-image hard Dice (B,) of ``proba > threshold`` against ``target > THRESHOLD``, for validation.
 

@@ -28,7 +28,15 @@ from genmedseg.data.io import (
     write_mask_png,
     write_probability_png,
 )
-from genmedseg.data.layout import DatasetIndex, Problem, carve_validation, discover, list_images
+from genmedseg.data.layout import (
+    EXTRA_PREFIX,
+    DatasetIndex,
+    Problem,
+    carve_validation,
+    discover,
+    list_images,
+    with_extra_training,
+)
 
 _LAZY = {
     "SegmentationDataset": "genmedseg.data.dataset",
@@ -57,11 +65,13 @@ __all__ = [
     "scale_to_unit_range",
     "write_mask_png",
     "write_probability_png",
+    "EXTRA_PREFIX",
     "DatasetIndex",
     "Problem",
     "carve_validation",
     "discover",
     "list_images",
+    "with_extra_training",
     "assert_dataset_ok",
     "check_dataset",
     "check_index",

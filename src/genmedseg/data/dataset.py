@@ -8,7 +8,7 @@ including persistent ones; call it (and the sampler's ``set_epoch``) before the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,12 +88,22 @@ class EpochShuffleSampler(Sampler[int]):
     is initialised) process ``r`` of ``W`` takes every ``W``-th index from ``r``, all processes the same count, so
     the ``k``-th batches of the ``W`` processes together are the ``k``-th batch one process would draw with ``W``
     times the batch size: the same training, spread over processes.
+
+    ``weights`` (one per item, not all equal): an epoch is instead ``n`` draws with replacement, item ``i`` with
+    probability ``weights[i] / sum(weights)``, from the same seeded generator (e.g. extra training pairs weighted
+    against the real ones).
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, weights: Sequence[float] | None = None) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 0
+        self.weights = None
+        if weights is not None:
+            if len(weights) != n or min(weights) < 0 or max(weights) <= 0:
+                raise ValueError(f"weights: {n} non-negative values, not all zero, expected")
+            if len(set(weights)) > 1:
+                self.weights = torch.tensor([float(w) for w in weights], dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         """Use the permutation of ``epoch`` from the next iteration on."""
@@ -101,7 +111,10 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist()
         rank, world = _process_rank()
         return iter(order[: len(self) * world][rank::world])
 

@@ -382,6 +382,26 @@ def carve_validation(names: list[str], val_fraction: float, seed: int) -> tuple[
     return sorted(set(names) - val), sorted(val)
 
 
+EXTRA_PREFIX = "extra/"
+"""Name prefix of the pairs that ``--extra-data`` adds to training (image stems never hold a ``/``)."""
+
+
+def with_extra_training(index: DatasetIndex, extra: DatasetIndex) -> DatasetIndex:
+    """``index`` with the ``train`` pairs of ``extra`` added to its ``train`` split only, named ``extra/<name>``.
+
+    Validation and test stay those of ``index``: pairs from another dataset (e.g. synthetic pairs written by
+    ``genmedseg generate``) never enter model selection or evaluation.
+    """
+    added = {EXTRA_PREFIX + name: extra.pairs[name] for name in extra.names("train")}
+    if not added:
+        raise DataError(f"{extra.root}: no train pairs to add to training ({extra.summary()})")
+    splits = {split: list(names) for split, names in index.splits.items()}
+    splits["train"] = [*splits.get("train", []), *added]
+    return DatasetIndex(
+        index.root, {**index.pairs, **added}, splits, index.split_source, index.val_source, list(index.problems)
+    )
+
+
 def discover(
     root: str | os.PathLike, split_file: str | os.PathLike | None = None, val_fraction: float = 0.1, seed: int = 0
 ) -> DatasetIndex:

@@ -42,6 +42,14 @@ def render_model_card(config: RunConfig, summary: dict[str, Any], pretrained: di
         "",
         f"- data: `{summary['data']}` ({summary['n_train']} training images, {summary['n_val']} validation images;"
         f" validation split: {summary['val_source']})",
+        *(
+            [
+                f"- extra training pairs: {summary['n_extra_train']} from `{summary['extra_data']}` (sampling weight"
+                f" {summary['extra_weight']:g} relative to a real pair; training split only)"
+            ]
+            if summary.get("n_extra_train")
+            else []
+        ),
         f"- input size: {summary['image_size']} x {summary['image_size']}",
         f"- epochs: {summary['epochs_done']} of {summary['epochs']} ({summary['steps']} optimiser steps,"
         f" {summary['train_seconds']:.0f} s)",

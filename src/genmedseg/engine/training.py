@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader
 import genmedseg
 from genmedseg.atomic import atomic_write
 from genmedseg.config import RunConfig
-from genmedseg.data import EpochShuffleSampler, SegmentationDataset, assert_dataset_ok, discover, format_report
+from genmedseg.data import (
+    EXTRA_PREFIX,
+    EpochShuffleSampler,
+    SegmentationDataset,
+    assert_dataset_ok,
+    discover,
+    format_report,
+    with_extra_training,
+)
 from genmedseg.data.layout import DatasetIndex
 from genmedseg.engine.model_card import render_model_card
 from genmedseg.engine.task import ExponentialMovingAverage, MethodTask, method_state
@@ -220,19 +228,29 @@ def resolve_pretrained(cls: type[Method], given: dict[str, str], recorded: dict[
 
 
 def make_loaders(
-    config: RunConfig, index: DatasetIndex, labels: bool = False
+    config: RunConfig, index: DatasetIndex, labels: bool = False, extra: DatasetIndex | None = None
 ) -> tuple[SegmentationDataset, DataLoader, DataLoader]:
-    """Training loader (seeded shuffling and augmentation) and validation loader."""
+    """Training loader (seeded shuffling and augmentation) and validation loader.
+
+    ``extra``: a second dataset whose train pairs join the training split only, each drawn with weight
+    ``data.extra_weight`` relative to a real pair; validation is ``index``'s alone.
+    """
     data, train = config.data, config.train
+    training = index if extra is None else with_extra_training(index, extra)
     train_set = SegmentationDataset(
-        index, "train", data.image_size, augment=data.augment, seed=train.seed, labels=labels
+        training, "train", data.image_size, augment=data.augment, seed=train.seed, labels=labels
     )
     val_set = SegmentationDataset(index, "val", data.image_size, augment=False, labels=labels)
+    weights = None
+    if extra is not None:
+        if data.extra_weight <= 0:
+            raise ConfigError(f"--extra-weight {data.extra_weight:g}: must be above 0 (leave out --extra-data instead)")
+        weights = [data.extra_weight if name.startswith(EXTRA_PREFIX) else 1.0 for name in train_set.names]
     common = {"num_workers": data.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
         train_set,
         batch_size=train.batch_size,
-        sampler=EpochShuffleSampler(len(train_set), seed=train.seed),
+        sampler=EpochShuffleSampler(len(train_set), seed=train.seed, weights=weights),
         # Dropping an incomplete last batch (as the paper does) only where a full batch remains.
         drop_last=len(train_set) > train.batch_size,
         **common,
@@ -273,6 +291,13 @@ def fit(
         print(format_report(data_warnings, len(index.pairs), index.root))
     # The resolved configuration records the dataset's absolute path, so that a moved run folder still finds it.
     config.override("data", root=str(index.root.resolve()))
+    extra = None
+    if config.data.extra_root is not None:
+        # Only its train split is used (a generated dataset: every pair); nothing of it is carved for validation.
+        extra, extra_warnings = assert_dataset_ok(discover(config.data.extra_root, val_fraction=0.0))
+        config.override("data", extra_root=str(extra.root.resolve()))
+        if extra_warnings and not is_worker_rank():
+            print(format_report(extra_warnings, len(extra.pairs), extra.root))
     record = read_run_record(run) if resume else {}
     sources = resolve_pretrained(cls, config.model.pretrained, record.get("pretrained", {}))
 
@@ -287,7 +312,7 @@ def fit(
         for role, module in method.frozen_modules().items()
     }
     task = MethodTask(method, config.train, frozen)
-    train_set, train_loader, val_loader = make_loaders(config, index, labels=cls.uses_label_maps)
+    train_set, train_loader, val_loader = make_loaders(config, index, labels=cls.uses_label_maps, extra=extra)
     created = not resume and not run.path.exists()
     if not is_worker_rank():
         _write_run_folder(run, config, index, frozen, record)
@@ -403,7 +428,9 @@ def _train(
             )
     if not trainer.is_global_zero:
         return {}
-    return _finish_run(config, run, index, method, frozen, trainer, best, trivial.warnings(), task.nonfinite_steps)
+    return _finish_run(
+        config, run, index, train_set.names, method, frozen, trainer, best, trivial.warnings(), task.nonfinite_steps
+    )
 
 
 def _record_session(
@@ -463,6 +490,7 @@ def _finish_run(
     config: RunConfig,
     run: RunFolder,
     index: DatasetIndex,
+    train_names: list[str],
     method: Method,
     frozen: dict[str, Any],
     trainer: L.Trainer,
@@ -495,6 +523,9 @@ def _finish_run(
         "sessions": len(sessions),
         "steps": trainer.global_step,
         "n_train": len(index.splits["train"]),
+        "n_extra_train": sum(name.startswith(EXTRA_PREFIX) for name in train_names),
+        "extra_data": config.data.extra_root,
+        "extra_weight": config.data.extra_weight if config.data.extra_root else None,
         "n_val": len(index.splits["val"]),
         "val_source": index.val_source,
         "ema_decay": config.train.ema_decay,

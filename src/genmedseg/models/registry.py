@@ -24,10 +24,11 @@ MODELS: dict[str, str | type[Method]] = {
     "gms": "genmedseg.models.gms:GMS",
     "unet": "genmedseg.models.unet:UNet",
     "medsegdiff": "genmedseg.models.medsegdiff:MedSegDiff",
+    "seg-guided-diffusion": "genmedseg.models.seg_guided:SegGuidedDiffusion",
 }
 """``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
 
-ROLE_VERBS = {"segmenter": ("evaluate", "predict"), "generator": ("generate",)}
+ROLE_VERBS = {"segmenter": ("evaluate", "predict", "evaluate-synthetic"), "generator": ("generate",)}
 """The verbs that use a trained model, by the role of its method."""
 
 
