@@ -23,6 +23,8 @@ MODELS: dict[str, str | type[Method]] = {
     "wave-gms": "genmedseg.models.wave_gms:WaveGMS",
     "gms": "genmedseg.models.gms:GMS",
     "unet": "genmedseg.models.unet:UNet",
+    "i-medsam": "genmedseg.models.imedsam:IMedSAM",
+    "litemedsam": "genmedseg.models.litemedsam:LiteMedSAM",
 }
 """``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
 

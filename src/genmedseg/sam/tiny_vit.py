@@ -12,6 +12,7 @@ by each block's adapter and added to the block's output with weight ``frequency_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,8 +203,6 @@ class TinyViT(nn.Module):
         torch.Size([2, 256, 64, 64])
     """
 
-    downsampling = 4
-
     def __init__(
         self,
         embed_dims: Sequence[int],
@@ -224,6 +223,8 @@ class TinyViT(nn.Module):
                 )
             )
         self.layers = nn.ModuleList(stages)
+        # Two in LiteMedSAM: the merge into a 320-wide stage keeps the resolution.
+        self.downsampling = math.prod(stage.downsample.stride for stage in stages if stage.downsample is not None)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_channels, 1, bias=False),
             LayerNorm2d(out_channels),
