@@ -136,7 +136,8 @@ def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
 def _tiny_vit_config(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     stages = _count(state, "image_encoder.layers.")
     dims = [state["image_encoder.layers.0.blocks.0.conv1.c.weight"].shape[1]]
-    heads, windows = [1], [7]
+    # The convolution stage has no attention; its heads and window are recorded as TinyViT's (32-wide heads, 7).
+    heads, windows = [max(1, dims[0] // 32)], [7]
     for index in range(1, stages):
         biases = state[f"image_encoder.layers.{index}.blocks.0.attn.attention_biases"]
         dims.append(state[f"image_encoder.layers.{index}.blocks.0.attn.norm.weight"].shape[0])
