@@ -29,7 +29,7 @@ write("glas_subset.csv", [(n, "test") for n in every(names("glas", "test"), 40)]
       + [(n, "train") for n in every(names("glas", "train"), 4)])
 write("isic2017_train48.csv", [(n, "test") for n in isic_test] + [(n, "train") for n in isic_train[::3][:48]]
       + [(n, "val") for n in isic_val[:6]])
-write("isic2017_test10.csv", [(n, "test") for n in isic_test[::4][:10]] + [(n, "train") for n in isic_train[:4]])
+write("isic2017_test4.csv", [(n, "test") for n in isic_test[::10][:4]] + [(n, "train") for n in isic_train[:4]])
 PY
 
 heavy() { flock /tmp/genmedseg-heavy.lock timeout 600 "$@"; }
@@ -47,14 +47,14 @@ heavy genmedseg train --model i-medsam --data "$DATA/isic2017" --split-file isic
   --epochs 3 --batch-size 4 --max-minutes 7.5 --val-every 3 --preview-every 0 --threads 2 --seed 0 \
   --option train_grid=64 --out im_isic
 
-# I-MedSAM: ground-truth boxes at the native grid and at 1/4, no prompt at the native grid.
+# I-MedSAM: ground-truth boxes at the native grid and at 1/4.
 heavy bash -c "$(declare -f evaluate);
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt --prompts from-mask;
-  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt_q --prompts from-mask --resolution 64;
-  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_none"
+  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt_q --prompts from-mask --resolution 64"
 
-# Cross-resolution on 10 test images: 64, 256 and 1024 grids, both methods, ground-truth boxes.
+# I-MedSAM without prompt; the 4x (1024) and 1/4 (64) grids on 4 images for both methods, ground-truth boxes.
 heavy bash -c "$(declare -f evaluate);
-  for r in 64 256 1024; do for m in im_isic lite; do
-    evaluate \$m --data $DATA/isic2017 --split-file isic2017_test10.csv --split test --out x_\${m}_\$r --prompts from-mask --resolution \$r;
+  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_none;
+  for r in 1024 64; do for m in im_isic lite; do
+    evaluate \$m --data $DATA/isic2017 --split-file isic2017_test4.csv --split test --out x_\${m}_\$r --prompts from-mask --resolution \$r;
   done; done"
