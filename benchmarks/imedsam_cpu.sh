@@ -30,6 +30,7 @@ write("glas_subset.csv", [(n, "test") for n in every(names("glas", "test"), 40)]
 write("isic2017_train48.csv", [(n, "test") for n in isic_test] + [(n, "train") for n in isic_train[::3][:48]]
       + [(n, "val") for n in isic_val[:6]])
 write("isic2017_test4.csv", [(n, "test") for n in isic_test[::10][:4]] + [(n, "train") for n in isic_train[:4]])
+write("isic2017_test2.csv", [(n, "test") for n in isic_test[::10][:2]] + [(n, "train") for n in isic_train[:4]])
 PY
 
 heavy() { flock /tmp/genmedseg-heavy.lock timeout 600 "$@"; }
@@ -52,9 +53,10 @@ heavy bash -c "$(declare -f evaluate);
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt --prompts from-mask;
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt_q --prompts from-mask --resolution 64"
 
-# I-MedSAM without prompt; the 4x (1024) and 1/4 (64) grids on 4 images for both methods, ground-truth boxes.
+# I-MedSAM without prompt; the 4x (1024) grid on 2 images for both methods, LiteMedSAM's 1/4 (64) grid on 4.
 heavy bash -c "$(declare -f evaluate);
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_none;
-  for r in 1024 64; do for m in im_isic lite; do
-    evaluate \$m --data $DATA/isic2017 --split-file isic2017_test4.csv --split test --out x_\${m}_\$r --prompts from-mask --resolution \$r;
-  done; done"
+  for m in lite im_isic; do
+    evaluate \$m --data $DATA/isic2017 --split-file isic2017_test2.csv --split test --out x_\${m}_1024 --prompts from-mask --resolution 1024;
+  done;
+  evaluate lite --data $DATA/isic2017 --split-file isic2017_test4.csv --split test --out x_lite_64 --prompts from-mask --resolution 64"
