@@ -48,7 +48,8 @@ heavy genmedseg train --model i-medsam --data "$DATA/isic2017" --split-file isic
   --epochs 3 --batch-size 4 --max-minutes 7.5 --val-every 3 --preview-every 0 --threads 2 --seed 0 \
   --option train_grid=64 --out im_isic
 
-# I-MedSAM: ground-truth boxes at the native grid (and at 1/4, which the 10-minute limit cut off in the recorded run).
+# I-MedSAM: ground-truth boxes at the native grid and at 1/4 (the 10-minute limit cut the 1/4 run off under load;
+# it ran again, with the no-prompt run on all 40, as a last step).
 heavy bash -c "$(declare -f evaluate);
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt --prompts from-mask;
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt_q --prompts from-mask --resolution 64"
@@ -60,3 +61,8 @@ heavy bash -c "$(declare -f evaluate);
   evaluate lite --data $DATA/isic2017 --split-file isic2017_test2.csv --split test --out x_lite_1024 --prompts from-mask --resolution 1024;
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_test4.csv --split test --out im_eval_none4;
   evaluate im_isic --data $DATA/isic2017 --split-file isic2017_test2.csv --split test --out x_im_isic_1024 --prompts from-mask --resolution 1024"
+
+# The 1/4 grid and no prompt on the 40 test images (rerun once the machine was less loaded).
+heavy bash -c "$(declare -f evaluate);
+  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_gt_q --prompts from-mask --resolution 64;
+  evaluate im_isic --data $DATA/isic2017 --split-file isic2017_subset.csv --split test --out im_eval_none"
