@@ -43,7 +43,60 @@ TINY_OPTIONS = {
         "norm_groups": 4,
         "train_steps": 100,
     },
+    "i-medsam": {"coarse_hidden": [32, 16], "fine_hidden": [16, 16, 8], "feature_dim": 8, "chunk_pixels": 512},
 }
+
+TINY_SAM_DECODER = {"dim": 32, "depth": 2, "num_heads": 8, "mlp_dim": 32, "mask_channels": 4}
+TINY_SAM_CONFIGS = {
+    "tiny-vit": {
+        "encoder": {
+            "kind": "tiny-vit",
+            "embed_dims": [8, 16, 24, 32],
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 2, 4],
+            "window_sizes": [7, 7, 7, 7],
+            "mlp_ratio": 2.0,
+            "out_channels": 32,
+        },
+        "decoder": TINY_SAM_DECODER,
+        "input_size": 256,
+    },
+    "vit": {
+        "encoder": {
+            "kind": "vit",
+            "embed_dim": 16,
+            "depth": 2,
+            "num_heads": 2,
+            "patch_size": 16,
+            "pos_grid": 4,
+            "window_size": 2,
+            "global_blocks": [1],
+            "mlp_ratio": 2.0,
+            "out_channels": 32,
+        },
+        "decoder": TINY_SAM_DECODER,
+        "input_size": 64,
+    },
+}
+"""Tiny SAM-family models in LiteMedSAM's (TinyViT) and SAM's (ViT) checkpoint layouts."""
+
+
+def save_tiny_sam(path: Path, kind: str = "tiny-vit", seed: int = 0) -> Path:
+    """A random SAM-family checkpoint (a plain ``torch.save`` state dict, as LiteMedSAM and SAM ship them)."""
+    import torch
+
+    from genmedseg.sam import FrozenSAM
+
+    torch.manual_seed(seed)
+    sam = FrozenSAM.from_config(TINY_SAM_CONFIGS[kind])
+    for name, buffer in sam.named_buffers():  # BatchNorm statistics away from their defaults, so loading shows
+        if name.endswith("running_var"):
+            buffer.uniform_(0.5, 2.0)
+        elif name.endswith("running_mean"):
+            buffer.normal_(0.0, 0.1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sam.state_dict(), path)
+    return path
 
 
 def save_tiny_vae(folder: Path, latent_channels: int = 4, use_midblock_gn: bool = False, seed: int = 0) -> Path:
@@ -86,6 +139,16 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_sd_vae(tmp_path_factory.mktemp("tiny_sd_vae"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny_sam") / "tiny_lite_medsam.pth", "tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_sam_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny_sam_vit") / "tiny_sam_vit.pth", "vit")
 
 
 @pytest.fixture(scope="session")

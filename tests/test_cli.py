@@ -66,7 +66,10 @@ def test_errors_are_one_line_messages_without_traceback(tmp_path: Path, capsys) 
 
 def test_unknown_model_lists_the_valid_ones(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(tiny_train_args(synthetic_data, tiny_vae_dir, tmp_path / "run", "--model", "wavegms")) == 2
-    assert "valid models are: gms, medsegdiff, seg-guided-diffusion, unet, wave-gms" in capsys.readouterr().err
+    assert (
+        "valid models are: gms, i-medsam, litemedsam, medsegdiff, seg-guided-diffusion, unet, wave-gms"
+        in capsys.readouterr().err
+    )
 
 
 def test_config_file_flags_override_and_resolved_config_is_kept(

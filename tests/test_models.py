@@ -196,6 +196,27 @@ class TestSegGuidedDiffusionGrayscaleAblated(GeneratorTester):
     sampling = {"sampler": "ddpm", "steps": 2}
 
 
+class TestIMedSAM(SegmenterTester):
+    model_name = "i-medsam"
+    pretrained_fixtures = {"sam": "tiny_sam_file"}
+
+
+class TestIMedSAMOnSAMViT(SegmenterTester):
+    model_name = "i-medsam"
+    pretrained_fixtures = {"sam": "tiny_vit_sam_file"}
+
+
+class TestLiteMedSAM(SegmenterTester):
+    model_name = "litemedsam"
+    pretrained_fixtures = {"sam": "tiny_sam_file"}
+
+    def test_loss_backward_reaches_every_trainable_parameter(self, model) -> None:
+        """Zero-shot: nothing is trainable; the loss is the zero-shot answer's, without a graph."""
+        losses = model.training_loss(self.batch())
+        assert model.num_trainable_parameters() == 0
+        assert losses["loss"].ndim == 0 and torch.isfinite(losses["loss"]) and not losses["loss"].requires_grad
+
+
 def _all_testers(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_testers(direct))]
 
@@ -206,7 +227,10 @@ def test_every_registered_model_has_a_tester() -> None:
 
 
 def test_unknown_model_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="valid models are: gms, medsegdiff, seg-guided-diffusion, unet, wave-gms"):
+    with pytest.raises(
+        ConfigError,
+        match="valid models are: gms, i-medsam, litemedsam, medsegdiff, seg-guided-diffusion, unet, wave-gms",
+    ):
         create_model("wavegms")
 
 

@@ -25,6 +25,8 @@ MODELS: dict[str, str | type[Method]] = {
     "unet": "genmedseg.models.unet:UNet",
     "medsegdiff": "genmedseg.models.medsegdiff:MedSegDiff",
     "seg-guided-diffusion": "genmedseg.models.seg_guided:SegGuidedDiffusion",
+    "i-medsam": "genmedseg.models.imedsam:IMedSAM",
+    "litemedsam": "genmedseg.models.litemedsam:LiteMedSAM",
 }
 """``--model`` name -> ``"module:Class"`` (imported on first use) or the class itself."""
 
