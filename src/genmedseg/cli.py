@@ -445,14 +445,18 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
+def _add_sample_flag(parser: argparse.ArgumentParser, example: str = "steps=20") -> None:
     parser.add_argument(
         "--sample",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="sampling option of the method, e.g. steps=20 (repeatable; `genmedseg models` lists them)",
+        help=f"sampling option of the method, e.g. {example} (repeatable; `genmedseg models` lists them)",
     )
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> None:
+    _add_sample_flag(parser)
     parser.add_argument(
         "--prompts",
         metavar="FILE" + ("|from-mask" if evaluation else ""),
@@ -559,13 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, metavar="NEW_DIR", help="new dataset folder")
     generate.add_argument("--per-mask", type=int, default=1, metavar="K", help="images per mask (default 1)")
     generate.add_argument("--split", help="split of DATA_DIR to take masks from (default train)")
-    generate.add_argument(
-        "--sample",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="sampling option, e.g. steps=50 or seed=3 (repeatable)",
-    )
+    _add_sample_flag(generate, example="steps=50 or seed=3")
     generate.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
     _add_threads_flag(generate)
     generate.set_defaults(handler=cmd_generate)
@@ -582,13 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", help="tiny-VAE encoder for the realism features (default: GENMEDSEG_VAE, else madebyollin/taesd)"
     )
     synthetic.add_argument("--seed", type=int, default=0, help="seeds the split of the real images into halves")
-    synthetic.add_argument(
-        "--sample",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="sampling option of the segmenter (repeatable)",
-    )
+    _add_sample_flag(synthetic)
     synthetic.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     _add_threads_flag(synthetic)
     synthetic.set_defaults(handler=cmd_evaluate_synthetic)
