@@ -150,7 +150,6 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from genmedseg.config import RunConfig, read_yaml
-    from genmedseg.environment import is_worker_rank
     from genmedseg.errors import DataError
     from genmedseg.folders import RunFolder
     from genmedseg.models.registry import check_model_name
@@ -164,10 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
         if not run.is_run():
             raise ConfigError(f"{run.path}: not a run folder (no {run.config.name}); nothing to resume")
-        if not run.last_checkpoint.is_file():
-            raise ConfigError(
-                f"{run.path}: nothing to resume (no {run.last_checkpoint.name}); start a new run with --out"
-            )
+        run.check_can_start(resume=True)
         if args.config or args.model:
             raise ConfigError("--resume RUN continues RUN with its own config.yaml; --config and --model do not apply")
         base = RunConfig.from_yaml(run.config)
@@ -177,10 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("give --out RUN, the folder that will hold checkpoints, logs and the model")
         run = RunFolder(Path(args.out))
-        if run.is_run() and not is_worker_rank():
-            raise ConfigError(
-                f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
-            )
+        run.check_can_start(resume=False)
         raw = read_yaml(args.config) if args.config else {}
         check_model_name(_model_name(args, raw))
         data = args.data or (raw.get("data") or {}).get("root")

@@ -32,6 +32,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from genmedseg.environment import is_worker_rank
+from genmedseg.errors import ConfigError
+
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_CARD_FILE = "README.md"
@@ -107,6 +110,18 @@ class RunFolder:
 
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    def check_can_start(self, resume: bool) -> None:
+        """Refuse to resume a folder without a last checkpoint, or to start a new run in a folder that holds one (the
+        extra processes of DDP skip that check: the launcher's process has just made the folder)."""
+        if resume and not self.last_checkpoint.is_file():
+            raise ConfigError(
+                f"{self.path}: nothing to resume (no {self.last_checkpoint.name}); start a new run with --out"
+            )
+        if not resume and self.is_run() and not is_worker_rank():
+            raise ConfigError(
+                f"{self.path} already holds a run; continue it with --resume {self.path} or choose another --out"
+            )
 
 
 @dataclass(frozen=True)

@@ -276,12 +276,7 @@ def fit(
     run = RunFolder(Path(run_dir).resolve())
     if config.data.root is None:
         raise ConfigError("no dataset: give --data DIR (or data.root in the config file)")
-    if resume and not run.last_checkpoint.is_file():
-        raise ConfigError(f"{run.path}: nothing to resume (no {run.last_checkpoint.name}); start a new run with --out")
-    if not resume and run.is_run() and not is_worker_rank():
-        raise ConfigError(
-            f"{run.path} already holds a run; continue it with --resume {run.path} or choose another --out"
-        )
+    run.check_can_start(resume)
     cls = get_model_class(config.model.name)
     check_options(cls, config.model.options)
     index, data_warnings = assert_dataset_ok(

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 
 from genmedseg.errors import ConfigError
 from genmedseg.models.base import Boxes, Generators, Prediction, SegmentationMethod
 from genmedseg.models.imedsam import per_image_max, prompt_instances, squared_dice_bce
+from genmedseg.prompts import boxes_from_masks
 from genmedseg.sam.model import SAM, FrozenSAM
 
 
@@ -46,13 +48,9 @@ class LiteMedSAM(SegmentationMethod):
     def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The Dice + BCE of the zero-shot answer with ground-truth boxes (what a fine-tuning would start from); there
         is nothing to train, so this loss has no gradient."""
-        from genmedseg.prompts import boxes_from_masks
-
         with torch.no_grad():
             logits, owners = self.instance_logits(batch["image"], boxes_from_masks(batch["mask"]), None)
             target = batch["mask"][owners].float()
-            from monai.losses import DiceLoss
-
             loss, dice, bce = squared_dice_bce(logits, target, DiceLoss(sigmoid=True), 0.5, 0.5)
         return {"loss": loss, "dice": dice, "bce": bce}
 
