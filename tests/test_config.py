@@ -61,6 +61,26 @@ def test_choices_and_optional_numbers_are_checked():
     assert (config.train.ema_decay, config.train.grad_clip) == (0.999, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", 0, "train.epochs: 0 must be above 0"),
+        ("train", "batch_size", -2, "must be above 0"),
+        ("train", "lr", 0, "must be above 0"),
+        ("train", "val_every", 0, "must be above 0"),
+        ("train", "max_minutes", 0, "must be above 0"),
+        ("train", "ema_decay", 1, "must be below 1"),
+        ("train", "warmup_epochs", -1, "must be at least 0"),
+        ("data", "extra_weight", 0, "data.extra_weight: 0 must be above 0"),
+        ("data", "image_size", 0, "must be above 0"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_training(section, key, value, message):
+    """Values that would fail deep inside the trainer (a division by zero, a missing checkpoint) fail here."""
+    with pytest.raises(ConfigError, match=message):
+        RunConfig().override(section, **{key: value})
+
+
 def test_vae_is_the_short_form_of_a_pretrained_part(tmp_path):
     """``model.vae`` (as genmedseg 0.1 wrote it in every run folder) still reads, as ``pretrained.vae``."""
     path = tmp_path / "old.yaml"

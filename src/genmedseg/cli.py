@@ -183,8 +183,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DataError(f"{data}: dataset folder not found")
     if args.extra_data and not Path(args.extra_data).is_dir():
         raise DataError(f"--extra-data {args.extra_data}: dataset folder not found")
-    if args.extra_weight is not None and args.extra_weight <= 0:
-        raise ConfigError(f"--extra-weight {args.extra_weight:g}: must be above 0 (leave out --extra-data instead)")
     _set_threads(args)
     config = _config_from_args(args, raw, base)
     from genmedseg.engine.training import fit

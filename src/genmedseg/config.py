@@ -21,6 +21,8 @@ import yaml
 from genmedseg.errors import ConfigError
 
 SCHEDULES = ("warmup-cosine", "constant")
+POSITIVE = {"above": 0}
+NON_NEGATIVE = {"minimum": 0}
 
 
 @dataclass
@@ -29,13 +31,13 @@ class DataConfig:
 
     root: str | None = None
     split_file: str | None = None
-    image_size: int = 224
+    image_size: int = field(default=224, metadata=POSITIVE)
     val_fraction: float = 0.1
     augment: bool = True
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=NON_NEGATIVE)
     extra_root: str | None = None
     """A second dataset whose train pairs are added to training only (e.g. synthetic pairs from ``generate``)."""
-    extra_weight: float = 1.0
+    extra_weight: float = field(default=1.0, metadata=POSITIVE)
     """Sampling weight of an extra pair relative to a real one (1: every pair once per epoch)."""
 
 
@@ -52,21 +54,21 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and hardware settings (defaults: the Wave-GMS paper's; a method may change them)."""
 
-    epochs: int = 1000
-    batch_size: int = 12
-    lr: float = 2e-3
-    weight_decay: float = 0.01
+    epochs: int = field(default=1000, metadata=POSITIVE)
+    batch_size: int = field(default=12, metadata=POSITIVE)
+    lr: float = field(default=2e-3, metadata=POSITIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
     schedule: str = field(default="warmup-cosine", metadata={"choices": SCHEDULES})
-    warmup_epochs: int = 5
-    ema_decay: float | None = None
-    grad_clip: float | None = None
+    warmup_epochs: int = field(default=5, metadata=NON_NEGATIVE)
+    ema_decay: float | None = field(default=None, metadata={"above": 0, "below": 1})
+    grad_clip: float | None = field(default=None, metadata=POSITIVE)
     seed: int = 0
     devices: int | str = field(default=1, metadata={"words": ("auto",)})
     accelerator: str = "auto"
     precision: str = "32-true"
-    val_every: int = 1
-    preview_every: int = 10
-    max_minutes: float | None = None
+    val_every: int = field(default=1, metadata=POSITIVE)
+    preview_every: int = field(default=10, metadata=NON_NEGATIVE)
+    max_minutes: float | None = field(default=None, metadata=POSITIVE)
 
 
 @dataclass
@@ -158,7 +160,20 @@ def _build_section(current: Any, values: dict[str, Any], source: str) -> Any:
         choices = metadata.get("choices")
         if choices and merged[key] not in choices:
             raise ConfigError(f"{source}.{key}: {value!r} is not one of {', '.join(choices)}")
+        _check_bounds(merged[key], metadata, f"{source}.{key}")
     return type(current)(**merged)
+
+
+def _check_bounds(value: Any, metadata: Any, where: str) -> None:
+    """A number outside the field's bounds (``above``/``below`` exclusive, ``minimum`` inclusive) is refused."""
+    if not isinstance(value, (int, float)):
+        return
+    if "above" in metadata and not value > metadata["above"]:
+        raise ConfigError(f"{where}: {value:g} must be above {metadata['above']:g}")
+    if "below" in metadata and not value < metadata["below"]:
+        raise ConfigError(f"{where}: {value:g} must be below {metadata['below']:g}")
+    if "minimum" in metadata and not value >= metadata["minimum"]:
+        raise ConfigError(f"{where}: {value:g} must be at least {metadata['minimum']:g}")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -243,8 +243,6 @@ def make_loaders(
     val_set = SegmentationDataset(index, "val", data.image_size, augment=False, labels=labels)
     weights = None
     if extra is not None:
-        if data.extra_weight <= 0:
-            raise ConfigError(f"--extra-weight {data.extra_weight:g}: must be above 0 (leave out --extra-data instead)")
         weights = [data.extra_weight if name.startswith(EXTRA_PREFIX) else 1.0 for name in train_set.names]
     common = {"num_workers": data.num_workers, "pin_memory": torch.cuda.is_available()}
     train_loader = DataLoader(
