@@ -6,13 +6,16 @@ For each model, image size and batch size it measures
 * inference images per second (``predict`` under ``torch.inference_mode()`` at the same batch size),
 * peak memory: resident set size of a fresh process per configuration on CPU, ``max_memory_allocated`` on CUDA,
 * the FLOPs of one training step and one inference call (``torch.utils.flop_counter.FlopCounterMode``) and the
-  FLOP/s achieved, as a fraction of the machine's float32 matmul peak measured in the same run.
+  FLOP/s achieved, as a fraction of the machine's matmul peak measured in the same run (the bfloat16 peak for
+  bfloat16 rows).
 
 Models and batches are in the engine's memory format (``genmedseg.models.base.MEMORY_FORMAT``, channels-last);
 ``--compare-memory-format`` also runs every configuration in the contiguous (NCHW) format and reports the speed-up
-and whether the losses agree. Weights are random (timing does not depend on their values) at the paper's sizes;
-``--vae`` (default ``$GENMEDSEG_VAE``) gives Wave-GMS real tiny-VAE weights instead. Writes ``OUT.csv`` and
-``OUT.md``. See benchmarks/README.md.
+and whether the losses agree; ``--compare-precision`` does the same for bfloat16 autocast (as the trainer's
+``--precision bf16-mixed`` runs the step: the forward pass and the loss under autocast, the backward pass and the
+optimiser outside), with inference under autocast too. Weights are random (timing does not depend on their values)
+at the paper's sizes; ``--vae`` (default ``$GENMEDSEG_VAE``) gives Wave-GMS real tiny-VAE weights instead. Writes
+``OUT.csv`` and ``OUT.md``. See benchmarks/README.md.
 
 Usage::
 
@@ -55,8 +58,12 @@ TINY_VAE_METHODS = ("wave-gms",)
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 ENGINE_FORMAT = next(name for name, value in MEMORY_FORMATS.items() if value == MEMORY_FORMAT)
 BASELINE_FORMAT = "contiguous"
+FULL_PRECISION, HALF_PRECISION = "32-true", "bf16-mixed"
+PEAK_DTYPES = {FULL_PRECISION: ("float32", torch.float32), HALF_PRECISION: ("bfloat16", torch.bfloat16)}
 RESULT_PREFIX = "SPEED-RESULT "
-AGREEMENT_TOLERANCE = 1e-4
+# Largest relative difference of the first loss and the mean probability that counts as agreeing with the baseline:
+# a change of memory format reorders sums only; bfloat16 keeps 8 bits of mantissa.
+AGREEMENT_TOLERANCE = {"memory format": 1e-4, "precision": 3e-2}
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Config:
     size: int
     batch: int
     memory_format: str
+    precision: str
     device: str
     threads: int
     repeats: int
@@ -85,6 +93,7 @@ class Measurement:
     size: int
     batch: int
     memory_format: str
+    precision: str
     train_step_s: float
     train_flops: float
     train_repeats: int
@@ -272,9 +281,13 @@ def run_configuration(config: Config) -> Measurement:
     model = model.to(device, memory_format=memory_format)
     batch = synthetic_batch(config.batch, config.size, config.seed, device, memory_format)
     schedule = {"device": device, "repeats": config.repeats, "warmup": config.warmup, "max_seconds": config.max_seconds}
+    half = config.precision == HALF_PRECISION
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=half)
 
     def infer(step: int) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             return model.predict(batch["image"]).probability
 
     model.eval()
@@ -287,7 +300,8 @@ def run_configuration(config: Config) -> Measurement:
     def train(step: int) -> torch.Tensor:
         torch.manual_seed(config.seed + step)
         optimizer.zero_grad(set_to_none=True)
-        loss = model.training_loss(batch)["loss"]
+        with autocast():
+            loss = model.training_loss(batch)["loss"]
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -312,6 +326,7 @@ def run_configuration(config: Config) -> Measurement:
         size=config.size,
         batch=config.batch,
         memory_format=config.memory_format,
+        precision=config.precision,
         train_step_s=train_s,
         train_flops=train_flops,
         train_repeats=train_repeats,
@@ -344,11 +359,11 @@ def run_in_fresh_process(config: Config) -> Measurement | str:
     return f"failed: exit {process.returncode}: {' '.join(last_lines)}"
 
 
-def matmul_peak_gflops(size: int, device: torch.device, repeats: int = 5) -> float:
-    """Best GFLOP/s of a float32 ``size x size`` matmul (after one warm-up), with the current thread settings."""
+def matmul_peak_gflops(size: int, device: torch.device, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a ``size x size`` matmul in ``dtype`` (after one warm-up), with the current thread settings."""
     generator = torch.Generator().manual_seed(0)
-    left = torch.randn(size, size, generator=generator).to(device)
-    right = torch.randn(size, size, generator=generator).to(device)
+    left = torch.randn(size, size, generator=generator).to(device, dtype)
+    right = torch.randn(size, size, generator=generator).to(device, dtype)
     timed(lambda: left @ right, device)
     best = min(timed(lambda: left @ right, device)[0] for _ in range(repeats))
     return 2 * size**3 / best / 1e9
@@ -402,51 +417,70 @@ def busy_machine_warning(max_idle_load: float = 0.5) -> str:
     return f"the machine was busy at the start (1-minute load average {load:.2f}): timings are unreliable"
 
 
-def table_rows(results: list[tuple[Config, Measurement | str]], peak_gflops: float) -> list[dict[str, Any]]:
-    """One row per configuration in the engine's format: rates, % of peak and, where run, the NCHW comparison.
+def baseline_of(config: Config) -> tuple[str, tuple[str, int, int, str, str]] | None:
+    """What a configuration is compared with, and that configuration's key: the engine's float32 run against NCHW,
+    a bfloat16 run against float32 in the engine's format."""
+    if config.precision == HALF_PRECISION:
+        return "precision", (config.model, config.size, config.batch, ENGINE_FORMAT, FULL_PRECISION)
+    return "memory format", (config.model, config.size, config.batch, BASELINE_FORMAT, FULL_PRECISION)
+
+
+def table_rows(results: list[tuple[Config, Measurement | str]], peak_gflops: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per configuration in the engine's format: rates, % of peak and, where run, the comparison with its
+    baseline (NCHW for float32, float32 for bfloat16).
 
     A configuration whose process failed gets a row with the reason in its note.
     """
     measured = {
-        (config.model, config.size, config.batch, config.memory_format): result
+        (config.model, config.size, config.batch, config.memory_format, config.precision): result
         for config, result in results
         if isinstance(result, Measurement)
     }
+    run = {(config.model, config.size, config.batch, config.memory_format, config.precision) for config, _ in results}
     rows = []
     for config, result in results:
         if config.memory_format != ENGINE_FORMAT:
             continue
         if not isinstance(result, Measurement):
-            rows.append({"model": config.model, "size": config.size, "batch": config.batch, "note": result})
+            rows.append(
+                {"model": config.model, "size": config.size, "batch": config.batch, "precision": config.precision}
+                | {"note": result}
+            )
             continue
+        peak = peak_gflops[result.precision]
         row: dict[str, Any] = {
             "model": result.model,
             "frozen_part": result.frozen_part,
             "size": result.size,
             "batch": result.batch,
+            "precision": result.precision,
             "train_step_s": result.train_step_s,
             "train_img_s": result.batch / result.train_step_s,
             "train_gflop_step": result.train_flops / 1e9,
-            "train_pct_peak": 100 * result.train_flops / 1e9 / result.train_step_s / peak_gflops,
+            "train_pct_peak": 100 * result.train_flops / 1e9 / result.train_step_s / peak,
             "infer_img_s": result.batch / result.infer_call_s,
             "infer_gflop_image": result.infer_flops / 1e9 / result.batch,
-            "infer_pct_peak": 100 * result.infer_flops / 1e9 / result.infer_call_s / peak_gflops,
+            "infer_pct_peak": 100 * result.infer_flops / 1e9 / result.infer_call_s / peak,
             "peak_memory_mib": result.peak_memory_mib,
             "baseline_memory_mib": result.baseline_memory_mib,
             "first_loss": result.first_loss,
             "note": result.note,
         }
-        baseline = measured.get((config.model, config.size, config.batch, BASELINE_FORMAT))
+        compared, key = baseline_of(config)
+        baseline = measured.get(key)
         if isinstance(baseline, Measurement):
-            row["train_speedup_vs_nchw"] = baseline.train_step_s / result.train_step_s
-            row["infer_speedup_vs_nchw"] = baseline.infer_call_s / result.infer_call_s
+            row["compared_with"] = "NCHW" if compared == "memory format" else "float32"
+            row["train_speedup"] = baseline.train_step_s / result.train_step_s
+            row["infer_speedup"] = baseline.infer_call_s / result.infer_call_s
+            row["memory_ratio"] = result.peak_memory_mib / baseline.peak_memory_mib
             row["loss_rel_diff"] = relative_difference(result.first_loss, baseline.first_loss)
             row["proba_rel_diff"] = relative_difference(result.mean_probability, baseline.mean_probability)
-            row["formats_agree"] = max(row["loss_rel_diff"], row["proba_rel_diff"]) <= AGREEMENT_TOLERANCE
+            largest = max(row["loss_rel_diff"], row["proba_rel_diff"])
+            row["agree"] = largest <= AGREEMENT_TOLERANCE[compared]
             if baseline.note:
-                row["note"] = "; ".join(filter(None, [result.note, f"NCHW: {baseline.note}"]))
-        elif BASELINE_FORMAT in {c.memory_format for c, _ in results}:
-            row["note"] = "; ".join(filter(None, [result.note, "NCHW run failed"]))
+                row["note"] = "; ".join(filter(None, [result.note, f"baseline: {baseline.note}"]))
+        elif key in run:
+            row["note"] = "; ".join(filter(None, [result.note, "baseline run failed"]))
         rows.append(row)
     return rows
 
@@ -463,6 +497,7 @@ CSV_COLUMNS = (
     "frozen_part",
     "size",
     "batch",
+    "precision",
     "train_step_s",
     "train_img_s",
     "train_gflop_step",
@@ -473,11 +508,13 @@ CSV_COLUMNS = (
     "peak_memory_mib",
     "baseline_memory_mib",
     "first_loss",
-    "train_speedup_vs_nchw",
-    "infer_speedup_vs_nchw",
+    "compared_with",
+    "train_speedup",
+    "infer_speedup",
+    "memory_ratio",
     "loss_rel_diff",
     "proba_rel_diff",
-    "formats_agree",
+    "agree",
     "note",
 )
 # Markdown columns: header, row key, significant digits (0: as text).
@@ -486,6 +523,7 @@ MARKDOWN_COLUMNS = (
     ("frozen part", "frozen_part", 0),
     ("size", "size", 0),
     ("batch", "batch", 0),
+    ("precision", "precision", 0),
     ("train s/step", "train_step_s", 3),
     ("train img/s", "train_img_s", 3),
     ("train GFLOP/step", "train_gflop_step", 3),
@@ -494,10 +532,12 @@ MARKDOWN_COLUMNS = (
     ("infer % of peak", "infer_pct_peak", 2),
 )
 COMPARISON_COLUMNS = (
-    ("train speed-up vs NCHW", "train_speedup_vs_nchw", 3),
-    ("infer speed-up vs NCHW", "infer_speedup_vs_nchw", 3),
+    ("compared with", "compared_with", 0),
+    ("train speed-up", "train_speedup", 3),
+    ("infer speed-up", "infer_speedup", 3),
+    ("memory ratio", "memory_ratio", 3),
     ("loss rel. diff", "loss_rel_diff", 2),
-    ("agree", "formats_agree", 0),
+    ("agree", "agree", 0),
 )
 
 
@@ -523,7 +563,7 @@ def format_cell(value: Any, digits: int) -> str:
 def markdown_report(
     rows: list[dict[str, Any]],
     machine: dict[str, str],
-    peaks: list[float],
+    peaks: dict[str, list[float]],
     device: torch.device,
     compared: bool,
     command: str,
@@ -532,7 +572,6 @@ def markdown_report(
     """The machine description, the matmul peak and the table, as Markdown (``warning`` in bold above them)."""
     memory_column = ("peak RSS MiB" if device.type == "cpu" else "peak CUDA MiB", "peak_memory_mib", 4)
     columns = [*MARKDOWN_COLUMNS, memory_column, *(COMPARISON_COLUMNS if compared else ()), ("note", "note", 0)]
-    peak_runs = ", ".join(f"{peak:.1f}" for peak in peaks)
     lines = [
         f"# Speed benchmark ({device.type})",
         "",
@@ -540,7 +579,11 @@ def markdown_report(
         "",
         *([f"**Warning: {warning}.**", ""] if warning else []),
         *[f"- {key}: {value}" for key, value in machine.items()],
-        f"- float32 matmul peak: {max(peaks):.1f} GFLOP/s (best of the runs at start and end: {peak_runs})",
+        *[
+            f"- {PEAK_DTYPES[precision][0]} matmul peak: {max(runs):.1f} GFLOP/s (best of the runs at start and end:"
+            f" {', '.join(f'{peak:.1f}' for peak in runs)})"
+            for precision, runs in peaks.items()
+        ],
         "",
         "| " + " | ".join(header for header, _, _ in columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
@@ -549,7 +592,7 @@ def markdown_report(
         "Training step: `training_loss` + backward + AdamW step; inference: `predict` under "
         f"`torch.inference_mode()` at the same batch size. Median of the timed repeats, in {ENGINE_FORMAT} format "
         "(the engine's). FLOPs count convolutions, matmuls and attention only (`FlopCounterMode`); "
-        "% of peak = counted FLOPs / time / float32 matmul peak.",
+        "% of peak = counted FLOPs / time / the matmul peak of the row's precision.",
     ]
     baselines = [row["baseline_memory_mib"] for row in rows if row.get("baseline_memory_mib")]
     if device.type == "cpu" and baselines:
@@ -559,9 +602,12 @@ def markdown_report(
         )
     if compared:
         lines.append(
-            f"Speed-up vs NCHW: time in contiguous (NCHW) format / time in {ENGINE_FORMAT}, measured in the same run. "
-            "Agree: the first training loss and the mean inference probability (same initial weights and seeds) "
-            f"differ by at most {AGREEMENT_TOLERANCE:g} relative between the two formats."
+            "Speed-up: the baseline's time / this row's, measured in the same run; the baseline of a float32 row is the"
+            f" contiguous (NCHW) format, that of a {HALF_PRECISION} row (bfloat16 autocast) is float32 in"
+            f" {ENGINE_FORMAT}. Memory ratio: this row's peak / the baseline's. Agree: the first training loss and the"
+            " mean inference probability (same initial weights and seeds) differ by at most"
+            f" {AGREEMENT_TOLERANCE['memory format']:g} relative from the NCHW baseline,"
+            f" {AGREEMENT_TOLERANCE['precision']:g} from the float32 one."
         )
     return "\n".join(lines) + "\n"
 
@@ -590,7 +636,9 @@ def run_configurations(
             if isinstance(result, Measurement)
             else result
         )
-        name = f"{config.model} {config.size}x{config.size} batch {config.batch} {config.memory_format}"
+        name = (
+            f"{config.model} {config.size}x{config.size} batch {config.batch} {config.memory_format} {config.precision}"
+        )
         print(f"[{index}/{len(configs)}] {name}: {summary} ({time.perf_counter() - begin:.0f} s)", file=sys.stderr)
     return results
 
@@ -607,6 +655,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--compare-memory-format", action="store_true", help="also run contiguous (NCHW)")
+    parser.add_argument("--compare-precision", action="store_true", help="also run under bfloat16 autocast")
     parser.add_argument(
         "--max-seconds-per-config",
         type=float,
@@ -657,10 +706,19 @@ def main(argv: list[str] | None = None) -> None:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 4096)
-    peaks = [matmul_peak_gflops(matmul_size, device)]
-    print(f"float32 matmul {matmul_size}x{matmul_size}: {peaks[0]:.1f} GFLOP/s", file=sys.stderr)
+    modes = [(ENGINE_FORMAT, FULL_PRECISION)]
+    if args.compare_memory_format:
+        modes.append((BASELINE_FORMAT, FULL_PRECISION))
+    if args.compare_precision:
+        modes.append((ENGINE_FORMAT, HALF_PRECISION))
+    precisions = dict.fromkeys(precision for _, precision in modes)
+    peaks = {
+        precision: [matmul_peak_gflops(matmul_size, device, dtype=PEAK_DTYPES[precision][1])]
+        for precision in precisions
+    }
+    for precision, runs in peaks.items():
+        print(f"{PEAK_DTYPES[precision][0]} matmul {matmul_size}x{matmul_size}: {runs[0]:.1f} GFLOP/s", file=sys.stderr)
 
-    formats = [ENGINE_FORMAT, BASELINE_FORMAT] if args.compare_memory_format else [ENGINE_FORMAT]
     settings = {
         "device": args.device,
         "threads": args.threads,
@@ -671,22 +729,24 @@ def main(argv: list[str] | None = None) -> None:
         "vae": args.vae,
     }
     configs = [
-        Config(model=label, size=size, batch=batch, memory_format=memory_format, **settings)
+        Config(model=label, size=size, batch=batch, memory_format=memory_format, precision=precision, **settings)
         for label in labels
         for size in sizes
         for batch in batches
-        for memory_format in formats
+        for memory_format, precision in modes
     ]
     started = time.perf_counter()
     results = run_configurations(configs, training_memory_floors(labels, sizes, batches), device)
-    peaks.append(matmul_peak_gflops(matmul_size, device))
+    for precision, runs in peaks.items():
+        runs.append(matmul_peak_gflops(matmul_size, device, dtype=PEAK_DTYPES[precision][1]))
     machine["load average (1, 5, 15 min) at start / end"] = f"{load_at_start} / {format_load_average()}"
     machine["benchmark wall time"] = f"{time.perf_counter() - started:.0f} s"
 
-    rows = table_rows(results, max(peaks))
+    rows = table_rows(results, {precision: max(runs) for precision, runs in peaks.items()})
     command = shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)])
     write_csv(csv_path, rows)
-    report = markdown_report(rows, machine, peaks, device, args.compare_memory_format, command, warning)
+    compared = args.compare_memory_format or args.compare_precision
+    report = markdown_report(rows, machine, peaks, device, compared, command, warning)
     markdown_path.write_text(report)
     print(f"wrote {csv_path} and {markdown_path}", file=sys.stderr)
 
