@@ -108,3 +108,25 @@ def test_learning_rate_schedule_starts_above_zero_and_ends_at_zero() -> None:
     assert factors[5] == pytest.approx(1.0)
     assert factors[100] == pytest.approx(0.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+
+
+@pytest.mark.parametrize(("precision", "hinted"), [("32-true", True), ("bf16-mixed", False)])
+def test_a_cpu_with_native_bfloat16_gets_the_precision_hint(
+    synthetic_data: Path,
+    tiny_vae_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    precision: str,
+    hinted: bool,
+) -> None:
+    """On an AMX CPU, a float32 run says that --precision bf16-mixed is faster; a bf16 run says nothing."""
+    from genmedseg.engine import training
+
+    monkeypatch.setattr(training, "has_fast_cpu_bfloat16", lambda: True)
+    fit(
+        tiny_config(synthetic_data, tiny_vae_dir, epochs=1, precision=precision),
+        tmp_path / "run",
+        enable_progress_bar=False,
+    )
+    assert ("--precision bf16-mixed trains" in capsys.readouterr().out) == hinted
