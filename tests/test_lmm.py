@@ -55,7 +55,8 @@ def test_attention_equals_the_explicit_softmax_formula() -> None:
     weights = torch.softmax(query.transpose(1, 2) @ key / math.sqrt(8), dim=-1)  # (B, query pos, key pos)
     attended = (value @ weights.transpose(1, 2)).reshape(x.shape)
     expected = x + attention.proj(attended)
-    torch.testing.assert_close(attention(x), expected, atol=1e-5, rtol=1e-5)
+    # float32 rounding differs between CPU kernels (AVX2, AVX-512) by about 1e-5 here; a wrong formula by O(1).
+    torch.testing.assert_close(attention(x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_resattn_unet_init_is_kaiming_fan_out_with_zero_biases() -> None:
