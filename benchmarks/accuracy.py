@@ -103,6 +103,8 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
     variant = resolve_variant(variant_name)
     config = default_run_config(variant.model)
     config.override("data", root=args.data, image_size=args.image_size)
+    if args.extra_data:
+        config.override("data", extra_root=args.extra_data, extra_weight=args.extra_weight)
     config.override(
         "model",
         pretrained={"vae": args.vae} if args.vae and "vae" in _parts(variant.model) else {},
@@ -114,6 +116,7 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         batch_size=args.batch_size,
         seed=seed,
         accelerator="cpu",
+        precision=args.precision,
         preview_every=0,
         **variant.train,
     )
@@ -187,7 +190,8 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
     lines = [
         f"# Accuracy at equal training: {Path(args.data).name} at {args.image_size}x{args.image_size}",
         "",
-        f"{args.epochs} epochs per run, batch {args.batch_size}, seeds {args.seeds}, on {machine()}.",
+        f"{args.epochs} epochs per run, batch {args.batch_size}, precision {args.precision}, seeds {args.seeds}, on"
+        f" {machine()}.",
         "Means over seeds with 95 % t-intervals; test metrics at native resolution, checkpoint selected on validation.",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
@@ -256,7 +260,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every run")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (weights, shuffling, augmentation)")
+    parser.add_argument("--precision", default="32-true", help="train --precision (32-true or bf16-mixed)")
     parser.add_argument("--vae", default=None, help="frozen VAE (default: GENMEDSEG_VAE)")
+    parser.add_argument("--extra-data", default=None, help="pairs that join the training split (train --extra-data)")
+    parser.add_argument("--extra-weight", type=float, default=1.0, help="their sampling weight (train --extra-weight)")
     parser.add_argument("--out", required=True, help="output prefix (<out>.csv, .md, .png, .curves.json, <out>/)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
