@@ -17,6 +17,7 @@ from PIL import Image
 import genmedseg
 from conftest import TINY_OPTIONS
 from genmedseg.cli import main
+from genmedseg.errors import ConfigError
 
 
 def tiny_train_args(data: Path, vae: Path, out: Path, *extra: str) -> list[str]:
@@ -229,3 +230,19 @@ def test_cross_domain_evaluation_needs_no_extra_step(synthetic_data: Path, tiny_
     )
     assert Image.open(next((tmp_path / "eval32" / "masks").iterdir())).size == (32, 32)
     assert json.loads((tmp_path / "eval32" / "summary.json").read_text())["resolution"] == "model"
+
+
+def test_bf16_inference_agrees_with_float32(synthetic_data: Path, tiny_vae_dir: Path, tmp_path: Path) -> None:
+    """``evaluate --precision bf16-mixed`` gives probabilities within bfloat16 rounding of float32's."""
+    assert main(tiny_train_args(synthetic_data, tiny_vae_dir, tmp_path / "run")) == 0
+    maps = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = tmp_path / precision
+        assert main(["evaluate", str(tmp_path / "run"), "--out", str(out), "--precision", precision]) == 0
+        maps[precision] = np.stack([np.asarray(Image.open(path)) for path in sorted((out / "probabilities").iterdir())])
+    difference = np.abs(maps["32-true"].astype(int) - maps["bf16-mixed"].astype(int))
+    assert difference.mean() <= 2.0 and difference.max() <= 16  # 8-bit probability maps
+    segmenter = genmedseg.load(tmp_path / "run", precision="bf16-mixed")
+    assert segmenter.precision == "bf16-mixed"
+    with pytest.raises(ConfigError, match="--precision 'fp16'"):
+        genmedseg.load(tmp_path / "run", precision="fp16")

@@ -11,12 +11,12 @@ if TYPE_CHECKING:
 __version__ = "0.2.0"
 
 
-def load(path: str, device: str | None = None) -> Segmenter | Synthesizer:
+def load(path: str, device: str | None = None, precision: str = "32-true") -> Segmenter | Synthesizer:
     """Load a trained model from a run folder or a model folder: ``genmedseg.load(RUN).predict("image.png")`` for a
-    segmenter, ``.generate(mask)`` for a generator."""
+    segmenter, ``.generate(mask)`` for a generator; ``precision="bf16-mixed"`` segments under bfloat16 autocast."""
     from genmedseg.engine.inference import load as load_model
 
-    return load_model(path, device)
+    return load_model(path, device, precision)
 
 
 __all__ = ["__version__", "load"]

@@ -285,6 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         prompts=prompts,
         sampling=sampling,
+        precision=args.precision,
     )
     settings = [f"grid {summary['resolution']}", *([f"prompts: {summary['prompts']}"] if summary["prompts"] else [])]
     print(f"{args.split} split of {data} ({'; '.join(settings)}):")
@@ -322,7 +323,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _set_threads(args)
     from genmedseg.engine.inference import predict
 
-    written = predict(args.run, args.inputs, args.out, batch_size=args.batch_size, prompts=prompts, sampling=sampling)
+    written = predict(
+        args.run,
+        args.inputs,
+        args.out,
+        batch_size=args.batch_size,
+        prompts=prompts,
+        sampling=sampling,
+        precision=args.precision,
+    )
     folder = Path(args.out)
     print(f"{len(written)} masks written to {folder / 'masks'} (probabilities in {folder / 'probabilities'})")
     return 0
@@ -464,6 +473,12 @@ def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> N
             help="with --prompts from-mask: move each box side out by up to PX pixels (seeded)",
         )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        choices=("32-true", "bf16-mixed"),
+        help="bf16-mixed: bfloat16 autocast, faster where bf16 is native (recent GPUs, AMX CPUs)",
+    )
 
 
 class _HelpFormatter(argparse.HelpFormatter):
