@@ -74,8 +74,8 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument(
         "--precision",
-        help="Lightning precision: 32-true (default) or bf16-mixed (2-3x faster where bf16 is native: recent GPUs, "
-        "AMX CPUs; slower elsewhere)",
+        help="Lightning precision: 32-true (default) or bf16-mixed (about 2.5x faster where bf16 is native: recent "
+        "GPUs, AMX CPUs; slower elsewhere)",
     )
     parser.add_argument("--num-workers", type=int, help="data loading processes; default 0")
     parser.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpoints kept)")

@@ -377,7 +377,7 @@ def _train(
     on_cpu = config.train.accelerator == "cpu" or (config.train.accelerator == "auto" and not torch.cuda.is_available())
     if config.train.precision == "32-true" and on_cpu and has_fast_cpu_bfloat16() and not is_worker_rank():
         print(
-            "note: this CPU has native bfloat16 (AMX): --precision bf16-mixed trains about 2-3x faster with the same "
+            "note: this CPU has native bfloat16 (AMX): --precision bf16-mixed trains about 2.5x faster with the same "
             "accuracy in our benchmarks (benchmarks/README.md); float32 stays the default"
         )
     with quiet_lightning():
