@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from genmedseg.config import TrainConfig
+from genmedseg.config import BF16_PRECISION as HALF_PRECISION
+from genmedseg.config import FULL_PRECISION, TrainConfig
 from genmedseg.errors import ConfigError, GenMedSegError
 from genmedseg.models.base import MEMORY_FORMAT, SegmentationMethod
 from genmedseg.models.registry import create_model, get_model_class
@@ -58,7 +59,6 @@ TINY_VAE_METHODS = ("wave-gms",)
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 ENGINE_FORMAT = next(name for name, value in MEMORY_FORMATS.items() if value == MEMORY_FORMAT)
 BASELINE_FORMAT = "contiguous"
-FULL_PRECISION, HALF_PRECISION = "32-true", "bf16-mixed"
 PEAK_DTYPES = {FULL_PRECISION: ("float32", torch.float32), HALF_PRECISION: ("bfloat16", torch.bfloat16)}
 RESULT_PREFIX = "SPEED-RESULT "
 # Largest relative difference of the first loss and the mean probability that counts as agreeing with the baseline:

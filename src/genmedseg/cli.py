@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from genmedseg import __version__
+from genmedseg.config import FULL_PRECISION, INFERENCE_PRECISIONS
 from genmedseg.errors import ConfigError, GenMedSegError
 
 if TYPE_CHECKING:
@@ -475,8 +476,8 @@ def _add_inference_flags(parser: argparse.ArgumentParser, evaluation: bool) -> N
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument(
         "--precision",
-        default="32-true",
-        choices=("32-true", "bf16-mixed"),
+        default=FULL_PRECISION,
+        choices=INFERENCE_PRECISIONS,
         help="bf16-mixed: bfloat16 autocast, faster where bf16 is native (recent GPUs, AMX CPUs)",
     )
 

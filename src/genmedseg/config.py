@@ -21,6 +21,9 @@ import yaml
 from genmedseg.errors import ConfigError
 
 SCHEDULES = ("warmup-cosine", "constant")
+FULL_PRECISION, BF16_PRECISION = "32-true", "bf16-mixed"
+INFERENCE_PRECISIONS = (FULL_PRECISION, BF16_PRECISION)
+"""What ``evaluate``/``predict`` run in; training takes any Lightning precision."""
 POSITIVE = {"above": 0}
 NON_NEGATIVE = {"minimum": 0}
 
@@ -65,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     devices: int | str = field(default=1, metadata={"words": ("auto",)})
     accelerator: str = "auto"
-    precision: str = "32-true"
+    precision: str = FULL_PRECISION
     val_every: int = field(default=1, metadata=POSITIVE)
     preview_every: int = field(default=10, metadata=NON_NEGATIVE)
     max_minutes: float | None = field(default=None, metadata=POSITIVE)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from genmedseg.atomic import atomic_write
+from genmedseg.config import BF16_PRECISION, FULL_PRECISION, INFERENCE_PRECISIONS
 from genmedseg.data import discover, image_to_float, read_image, read_mask, resize_image, write_mask_png
 from genmedseg.data.io import IMAGE_EXTENSIONS, write_probability_png
 from genmedseg.engine.model_card import add_evaluation
@@ -38,9 +39,6 @@ SEED_OPTION = "seed"
 PROBABILITY = "probability"
 
 
-INFERENCE_PRECISIONS = ("32-true", "bf16-mixed")
-
-
 class Segmenter:
     """A trained segmentation model ready for image arrays or files (``genmedseg.load(path)`` returns one).
 
@@ -53,7 +51,7 @@ class Segmenter:
     """
 
     def __init__(
-        self, method: SegmentationMethod, folder: Path, device: str | None = None, precision: str = "32-true"
+        self, method: SegmentationMethod, folder: Path, device: str | None = None, precision: str = FULL_PRECISION
     ) -> None:
         if precision not in INFERENCE_PRECISIONS:
             raise ConfigError(f"--precision {precision!r}: choose {' or '.join(INFERENCE_PRECISIONS)}")
@@ -121,7 +119,10 @@ class Segmenter:
         generators = None if seed is None else image_generators(seed, keys or map(str, range(len(images))))
         outputs: list[dict[str, np.ndarray]] = [{} for _ in images]
         for target, members in _group_by(sizes).items():
-            with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, self.precision != "32-true"):
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, torch.bfloat16, self.precision == BF16_PRECISION),
+            ):
                 prediction = self.method.predict(
                     batch[members],
                     size=target,
@@ -144,7 +145,7 @@ def _group_by(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[in
     return groups
 
 
-def load(path: str | Path, device: str | None = None, precision: str = "32-true") -> Any:
+def load(path: str | Path, device: str | None = None, precision: str = FULL_PRECISION) -> Any:
     """Load a trained model from a run folder (its ``model/``) or a model folder: a :class:`Segmenter` for a
     segmentation method, a :class:`~genmedseg.engine.generation.Synthesizer` for a generator.
 
@@ -159,7 +160,9 @@ def load(path: str | Path, device: str | None = None, precision: str = "32-true"
     return Segmenter(method, folder.path, device, precision)
 
 
-def load_segmenter(path: str | Path, verb: str, device: str | None = None, precision: str = "32-true") -> Segmenter:
+def load_segmenter(
+    path: str | Path, verb: str, device: str | None = None, precision: str = FULL_PRECISION
+) -> Segmenter:
     """A :class:`Segmenter`, or an error naming the verbs that fit the model's role."""
     model = load(path, device, precision)
     require_role(model.method, verb)
@@ -210,7 +213,7 @@ def evaluate(
     device: str | None = None,
     prompts: PromptSource | None = None,
     sampling: Mapping[str, Any] | None = None,
-    precision: str = "32-true",
+    precision: str = FULL_PRECISION,
 ) -> dict[str, Any]:
     """Segment every image of ``split`` and write masks, probabilities, extra maps, ``metrics.csv`` and
     ``summary.json`` (which records the metric grid, the prompts and the sampling behind the numbers)."""
@@ -336,7 +339,7 @@ def predict(
     device: str | None = None,
     prompts: PromptSource | None = None,
     sampling: Mapping[str, Any] | None = None,
-    precision: str = "32-true",
+    precision: str = FULL_PRECISION,
 ) -> list[Path]:
     """Segment image files of any size; write ``out/masks/<stem>.png``, ``out/probabilities/<stem>.png`` and a
     folder per extra map.

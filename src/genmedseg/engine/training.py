@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 import genmedseg
 from genmedseg.atomic import atomic_write
-from genmedseg.config import RunConfig
+from genmedseg.config import FULL_PRECISION, RunConfig
 from genmedseg.data import (
     EXTRA_PREFIX,
     EpochShuffleSampler,
@@ -375,7 +375,7 @@ def _train(
     if config.train.ema_decay:
         extra.append(ExponentialMovingAverage(config.train.ema_decay))  # after the previews: see PreviewWriter
     on_cpu = config.train.accelerator == "cpu" or (config.train.accelerator == "auto" and not torch.cuda.is_available())
-    if config.train.precision == "32-true" and on_cpu and has_fast_cpu_bfloat16() and not is_worker_rank():
+    if config.train.precision == FULL_PRECISION and on_cpu and has_fast_cpu_bfloat16() and not is_worker_rank():
         print(
             "note: this CPU has native bfloat16 (AMX): --precision bf16-mixed trains about 2.5x faster with the same "
             "accuracy in our benchmarks (benchmarks/README.md); float32 stays the default"
