@@ -13,7 +13,7 @@ from conftest import TINY_OPTIONS
 from genmedseg.engine.inference import Segmenter
 from genmedseg.errors import ConfigError
 from genmedseg.models.base import image_generators
-from genmedseg.models.registry import MODELS, create_model, load_pretrained
+from genmedseg.models.registry import MODELS, create_model, get_model_class, load_pretrained
 
 
 class BaseModelTester:
@@ -165,8 +165,27 @@ class TestWaveGMSWithTinyVAEEncoder(SegmenterTester):
     pretrained_fixtures = {"vae": "tiny_vae_dir"}
 
 
+class TestWaveGMSWithZeroHeads(SegmenterTester):
+    model_name = "wave-gms"
+    options = {"image_encoder": "tiny-vae", "mapping": "sft", "head_init": "zeros"}
+    pretrained_fixtures = {"vae": "tiny_vae_dir"}
+
+    def test_untrained_heads_predict_the_zero_latent(self, model) -> None:
+        images = self.batch()["image"]
+        heads = model.map_latent(model.image_latent(images, sample=False), images)
+        assert set(heads) == {"level2", "level1", "out"} and all(not head.any() for head in heads.values())
+        expected = model.decode_proba(torch.zeros_like(heads["out"]))
+        assert torch.equal(model.predict_proba(images), expected)
+
+
 class TestGMS(SegmenterTester):
     model_name = "gms"
+    pretrained_fixtures = {"vae": "tiny_sd_vae_dir"}
+
+
+class TestGMSWithZeroHeads(SegmenterTester):
+    model_name = "gms"
+    options = {"head_init": "zeros"}
     pretrained_fixtures = {"vae": "tiny_sd_vae_dir"}
 
 
@@ -249,6 +268,12 @@ def test_a_bug_inside_a_constructor_is_not_reported_as_a_bad_option(monkeypatch:
     monkeypatch.setattr(unet, "BasicUNet", broken)
     with pytest.raises(TypeError, match="an internal bug"):
         create_model("unet", image_size=32)
+
+
+@pytest.mark.parametrize("model_name", ["wave-gms", "gms"])
+def test_unknown_head_init_names_the_valid_ones(model_name: str) -> None:
+    with pytest.raises(ConfigError, match=r"head_init='zero' is not one of \('published', 'zeros'\)"):
+        get_model_class(model_name).with_random_weights(tiny=True, head_init="zero")
 
 
 def test_sampling_keys_are_checked_against_the_method() -> None:

@@ -38,7 +38,7 @@ class GMS(LatentSegmentationMethod):
         mapping_channels, mapping_mult: width and multipliers of ``ResAttnUNetDS`` (32, (1, 2, 4, 4)).
         latent_noise: ``"posterior"``, ``"original"`` or ``"none"`` (see the module docstring).
         noise_probability: chance per batch of training on a posterior sample (0.5).
-        supervised_heads, latent_weight, dice_weight: as in Wave-GMS.
+        supervised_heads, latent_weight, dice_weight, head_init: as in Wave-GMS.
     """
 
     name = "gms"
@@ -55,8 +55,9 @@ class GMS(LatentSegmentationMethod):
         supervised_heads: tuple[str, ...] = ("level2", "level1", "out"),
         latent_weight: float = 1.0,
         dice_weight: float = 1.0,
+        head_init: str = "published",
     ) -> None:
-        super().__init__(image_size, supervised_heads, latent_weight, dice_weight)
+        super().__init__(image_size, supervised_heads, latent_weight, dice_weight, head_init)
         if latent_noise not in LATENT_NOISE:
             raise ConfigError(f"latent_noise={latent_noise!r} is not one of {LATENT_NOISE}")
         self.options = {
@@ -68,11 +69,11 @@ class GMS(LatentSegmentationMethod):
             "supervised_heads": list(supervised_heads),
             "latent_weight": latent_weight,
             "dice_weight": dice_weight,
+            "head_init": head_init,
         }
         self.autoencoder = vae
         channels = vae.latent_channels
-        self.mapping = ResAttnUNetDS(channels, channels, channels=mapping_channels, ch_mult=tuple(mapping_mult))
-        self.mapping.keep_heads(self.used_heads())
+        self.set_mapping(ResAttnUNetDS(channels, channels, channels=mapping_channels, ch_mult=tuple(mapping_mult)))
 
     @classmethod
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> GMS:

@@ -192,6 +192,13 @@ class _DeepSupervisedUNet(nn.Module):
         for name in [name for name in self.heads if name not in names]:
             del self.heads[name]
 
+    def zero_heads(self) -> None:
+        """Zero the last convolution of every head: each head then predicts the zero latent until trained."""
+        for head in self.heads.values():
+            nn.init.zeros_(head[-1].weight)
+            if head[-1].bias is not None:
+                nn.init.zeros_(head[-1].bias)
+
     def _forward(self, x: Tensor, guidance: Tensor | None) -> dict[str, Tensor]:
         h = self.stem(x)
         skips = [h]

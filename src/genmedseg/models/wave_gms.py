@@ -52,6 +52,8 @@ class WaveGMS(LatentSegmentationMethod):
         supervised_heads: the deep-supervision heads that enter the losses (the paper leaves ``level3`` out, and
             genmedseg does not build it then: 4,864 of the paper's 2,600,668 parameters are that untrained head).
         latent_weight, dice_weight, align_weight: loss weights (all 1 in the paper).
+        head_init: ``"published"`` (the original code's initialisation of the heads) or ``"zeros"`` (their last
+            convolution starts at zero; see ``genmedseg.models.latent``).
         align_cosine_share: share of the cosine term in the alignment loss (0.9; SmoothL1 gets the rest).
     """
 
@@ -73,8 +75,9 @@ class WaveGMS(LatentSegmentationMethod):
         dice_weight: float = 1.0,
         align_weight: float = 1.0,
         align_cosine_share: float = 0.9,
+        head_init: str = "published",
     ) -> None:
-        super().__init__(image_size, supervised_heads, latent_weight, dice_weight)
+        super().__init__(image_size, supervised_heads, latent_weight, dice_weight, head_init)
         if image_encoder not in IMAGE_ENCODERS:
             raise ConfigError(f"image_encoder={image_encoder!r} is not one of {IMAGE_ENCODERS}")
         if mapping not in MAPPINGS:
@@ -92,6 +95,7 @@ class WaveGMS(LatentSegmentationMethod):
             "dice_weight": dice_weight,
             "align_weight": align_weight,
             "align_cosine_share": align_cosine_share,
+            "head_init": head_init,
         }
         self.autoencoder = vae
         latent = vae.latent_channels
@@ -102,11 +106,10 @@ class WaveGMS(LatentSegmentationMethod):
         )
         if mapping == "sft":
             self.guidance = SKFF()
-            self.mapping = SFTUNetDS(latent, latent, channels=mapping_channels, ch_mult=tuple(mapping_mult))
+            self.set_mapping(SFTUNetDS(latent, latent, channels=mapping_channels, ch_mult=tuple(mapping_mult)))
         else:
             self.guidance = None
-            self.mapping = ResAttnUNetDS(latent, latent, channels=mapping_channels, ch_mult=tuple(mapping_mult))
-        self.mapping.keep_heads(self.used_heads())
+            self.set_mapping(ResAttnUNetDS(latent, latent, channels=mapping_channels, ch_mult=tuple(mapping_mult)))
 
     @classmethod
     def with_random_weights(cls, tiny: bool = False, **options: Any) -> WaveGMS:
