@@ -12,6 +12,7 @@ machine's load, steps do not.
 
 writes ``<out>.csv`` (one row per variant and seed), ``<out>.curves.json``, ``<out>.md`` and ``<out>.png``, and keeps
 the runs and evaluations under ``<out>/``. Rows of earlier runs into the same table are kept unless rerun.
+``--jobs 2 --threads 1`` runs two (variant, seed) processes at once, one torch thread each.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +172,13 @@ def interval(values: list[float], confidence: float = 0.95) -> tuple[float, floa
     return float(array.mean()), float(half)
 
 
-def machine() -> str:
+def threads_per_run(args: argparse.Namespace) -> int:
+    """Torch threads of each training process: ``--threads``, else the cores shared among ``--jobs``."""
+    return args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+def machine(threads: int | None = None) -> str:
+    """CPU model, torch threads (``threads``, else this process's) and torch version."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -178,7 +187,7 @@ def machine() -> str:
         ),
         platform.processor(),
     )
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {threads or torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: argparse.Namespace) -> None:
@@ -191,7 +200,7 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
         f"# Accuracy at equal training: {Path(args.data).name} at {args.image_size}x{args.image_size}",
         "",
         f"{args.epochs} epochs per run, batch {args.batch_size}, precision {args.precision}, seeds {args.seeds}, on"
-        f" {machine()}.",
+        f" {machine(threads_per_run(args))} per run, {args.jobs} run(s) at once.",
         "Means over seeds with 95 % t-intervals; test metrics at native resolution, checkpoint selected on validation.",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
@@ -265,10 +274,13 @@ def main() -> None:
     parser.add_argument("--extra-data", default=None, help="pairs that join the training split (train --extra-data)")
     parser.add_argument("--extra-weight", type=float, default=1.0, help="their sampling weight (train --extra-weight)")
     parser.add_argument("--out", required=True, help="output prefix (<out>.csv, .md, .png, .curves.json, <out>/)")
+    parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) runs at once (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
     if args.one:
+        torch.set_num_threads(threads_per_run(args))
         variant, seed = args.one.rsplit(":", 1)
         print("ROW " + json.dumps(run_one(variant, int(seed), args, out)))
         return
@@ -287,23 +299,25 @@ def main() -> None:
                 for key, value in json.loads(out.with_suffix(".curves.json").read_text()).items()
                 if key in kept
             }
-    for variant, seed in jobs:
+
+    def run_process(variant: str, seed: int) -> subprocess.CompletedProcess:
         # A process per run, so that its peak memory is its own.
-        result = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--one", f"{variant}:{seed}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        line = next((line for line in reversed(result.stdout.splitlines()) if line.startswith("ROW ")), None)
-        if result.returncode or line is None:
-            print(f"{variant} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-            continue
-        row = json.loads(line[4:])
-        curves[f"{variant}-s{seed}"] = row.pop("curve")
-        rows.append(row)
-        print(row, flush=True)
-        write_tables(rows, curves, out, args)
+        command = [sys.executable, __file__, *sys.argv[1:], "--one", f"{variant}:{seed}"]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_process, variant, seed): (variant, seed) for variant, seed in jobs}
+        for future in as_completed(futures):
+            (variant, seed), result = futures[future], future.result()
+            line = next((line for line in reversed(result.stdout.splitlines()) if line.startswith("ROW ")), None)
+            if result.returncode or line is None:
+                print(f"{variant} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+                continue
+            row = json.loads(line[4:])
+            curves[f"{variant}-s{seed}"] = row.pop("curve")
+            rows.append(row)
+            print(row, flush=True)
+            write_tables(rows, curves, out, args)
 
 
 def _number(text: str) -> int | float | str:
