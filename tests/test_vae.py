@@ -123,6 +123,51 @@ def test_frozen_parameters_eval_mode_and_gradient_to_the_decoder_input(vae_facto
     assert all(p.grad is None for p in vae.parameters())
 
 
+def _decoder_input_gradient(vae: FrozenTinyVAE, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decoded images, the gradient of a fixed projection of them with respect to ``latents``, and the bytes that the
+    autograd graph keeps for the backward pass."""
+    kept = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal kept
+        kept += tensor.numel() * tensor.element_size()
+        return tensor
+
+    latents = latents.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        images = vae.decoder(latents)
+    projection = torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
+    (images * projection).sum().backward()
+    return images.detach(), latents.grad, kept
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_memory_lean_frozen_layers_give_the_plain_layers_gradient_and_keep_far_less(memory_format) -> None:
+    """The frozen decoder's convolutions keep no input and its ReLUs a boolean mask: the same images and input
+    gradient as plain nn.Conv2d / nn.ReLU (which they become once their weights are trainable), under a third of the
+    memory kept for backward."""
+    vae = _tiny_vae(latent_channels=4, use_midblock_gn=True).to(memory_format=memory_format)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents = latents.contiguous(memory_format=memory_format)
+    lean_images, lean_gradient, lean_kept = _decoder_input_gradient(vae, latents)
+    vae.requires_grad_(True)
+    plain_images, plain_gradient, plain_kept = _decoder_input_gradient(vae, latents)
+    assert torch.equal(lean_images, plain_images)
+    assert torch.allclose(lean_gradient, plain_gradient, rtol=1e-5, atol=1e-7)
+    assert lean_kept < plain_kept / 3
+
+
+def test_memory_lean_frozen_layers_under_bf16_autocast_give_a_float32_gradient() -> None:
+    vae = _tiny_vae(latent_channels=4)
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean_images, lean_gradient, _ = _decoder_input_gradient(vae, latents)
+        vae.requires_grad_(True)
+        plain_images, plain_gradient, _ = _decoder_input_gradient(vae, latents)
+    assert lean_gradient.dtype == torch.float32
+    assert torch.equal(lean_images, plain_images) and torch.allclose(lean_gradient, plain_gradient, rtol=1e-2)
+
+
 # --- config ------------------------------------------------------------------------------------------------------
 
 

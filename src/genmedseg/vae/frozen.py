@@ -1,10 +1,16 @@
-"""Base class of the pretrained autoencoders that a method uses but never trains."""
+"""Base class of the pretrained autoencoders that a method uses but never trains, and layers that save memory there.
+
+A loss that back-propagates through a frozen decoder needs the gradient with respect to the decoder's *input* only.
+:class:`FrozenConv2d` and :class:`MaskedReLU` keep just what that gradient needs: nothing for a convolution (its
+weights suffice) and a boolean mask for a ReLU, instead of every float activation.
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 FrozenModuleT = TypeVar("FrozenModuleT", bound="FrozenModule")
 
@@ -29,3 +35,60 @@ class FrozenModule(nn.Module):
         its outputs during training are those it gives at inference.
         """
         return super().train(False)
+
+
+class _ConvInputGradient(torch.autograd.Function):
+    """``conv2d`` whose backward pass gives the input's gradient only, so the forward pass keeps no activation."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, conv: nn.Conv2d) -> Tensor:
+        ctx.conv, ctx.input_shape, ctx.input_dtype = conv, x.shape, x.dtype
+        return conv._conv_forward(x, conv.weight, conv.bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        conv = ctx.conv
+        weight = conv.weight.to(grad.dtype)
+        grad_input = torch.nn.grad.conv2d_input(
+            ctx.input_shape, weight, grad, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
+        return grad_input.to(ctx.input_dtype), None
+
+
+class _ReLUKeepingMask(torch.autograd.Function):
+    """ReLU that keeps a boolean mask (1 byte per element) for its backward pass instead of its float output."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        output = torch.relu(x)
+        ctx.save_for_backward(output > 0)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
+class FrozenConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) that keeps no input for backward while its weights are frozen.
+
+    A frozen layer needs no weight gradient, and the input's gradient needs only the weights: the usual
+    autograd graph would still keep every convolution's input. Numerically the same as ``nn.Conv2d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.requires_grad or not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        if self.padding_mode != "zeros":
+            raise NotImplementedError("FrozenConv2d supports zero padding only")
+        return _ConvInputGradient.apply(x, self)
+
+
+class MaskedReLU(nn.ReLU):
+    """``nn.ReLU`` that keeps a boolean mask for its backward pass (a quarter of the float output's memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return torch.relu(x)
+        return _ReLUKeepingMask.apply(x)

@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genmedseg.errors import ConfigError, WeightsError
-from genmedseg.vae.frozen import FrozenModule
+from genmedseg.vae.frozen import FrozenConv2d, FrozenModule, MaskedReLU
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderTiny
@@ -33,7 +32,7 @@ DIFFUSERS_DECODER_INDEX_SHIFT = 1
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=bias)
+    return FrozenConv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=bias)
 
 
 class SoftClamp(nn.Module):
@@ -62,28 +61,29 @@ class TinyBlock(nn.Module):
         super().__init__()
         self.conv = nn.Sequential(
             _conv3x3(channels, channels),
-            nn.ReLU(),
+            MaskedReLU(),
             _conv3x3(channels, channels),
-            nn.ReLU(),
+            MaskedReLU(),
             _conv3x3(channels, channels),
         )
         hidden = channels * gn_expansion
         self.pool = (
             nn.Sequential(
-                nn.Conv2d(channels, hidden, kernel_size=1, bias=False),
+                FrozenConv2d(channels, hidden, kernel_size=1, bias=False),
                 nn.GroupNorm(gn_groups, hidden),
-                nn.ReLU(),
-                nn.Conv2d(hidden, channels, kernel_size=1, bias=False),
+                MaskedReLU(),
+                FrozenConv2d(hidden, channels, kernel_size=1, bias=False),
             )
             if use_midblock_gn
             else None
         )
+        self.activation = MaskedReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block; spatial size and channel count are unchanged."""
         if self.pool is not None:
             x = x + self.pool(x)
-        return F.relu(self.conv(x) + x)
+        return self.activation(self.conv(x) + x)
 
 
 def build_tiny_encoder(latent_channels: int = 4, channels: int = 64, use_midblock_gn: bool = False) -> nn.Sequential:
@@ -99,7 +99,7 @@ def build_tiny_encoder(latent_channels: int = 4, channels: int = 64, use_midbloc
 
 def build_tiny_decoder(latent_channels: int = 4, channels: int = 64, use_midblock_gn: bool = False) -> nn.Sequential:
     """TAESD decoder: raw latents (B, latent_channels, h, w) -> image (B, 3, 8h, 8w), roughly in [0, 1]."""
-    layers: list[nn.Module] = [SoftClamp(), _conv3x3(latent_channels, channels), nn.ReLU()]
+    layers: list[nn.Module] = [SoftClamp(), _conv3x3(latent_channels, channels), MaskedReLU()]
     for stage in range(NUM_STAGES):
         first = stage == 0
         layers += [TinyBlock(channels, use_midblock_gn and first) for _ in range(BLOCKS_PER_STAGE)]
