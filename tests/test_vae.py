@@ -155,6 +155,7 @@ def test_memory_lean_frozen_layers_give_the_plain_layers_gradient_and_keep_far_l
     assert torch.equal(lean_images, plain_images)
     assert torch.allclose(lean_gradient, plain_gradient, rtol=1e-5, atol=1e-7)
     assert lean_kept < plain_kept / 3
+    assert lean_gradient.is_contiguous(memory_format=memory_format)  # backward in the forward's layout: no reorders
 
 
 def test_memory_lean_frozen_layers_under_bf16_autocast_give_a_float32_gradient() -> None:

@@ -43,15 +43,29 @@ class _ConvInputGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, conv: nn.Conv2d) -> Tensor:
         ctx.conv, ctx.input_shape, ctx.input_dtype = conv, x.shape, x.dtype
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return conv._conv_forward(x, conv.weight, conv.bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         conv = ctx.conv
-        weight = conv.weight.to(grad.dtype)
-        grad_input = torch.nn.grad.conv2d_input(
-            ctx.input_shape, weight, grad, conv.stride, conv.padding, conv.dilation, conv.groups
-        )
+        # Only the input's shape and memory format matter to the kernel (never its values): an unwritten tensor in
+        # the input's layout keeps the backward convolution in the forward pass's layout (no reorders).
+        layout = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.memory_format)
+        grad_input = torch.ops.aten.convolution_backward(
+            grad,
+            layout,
+            conv.weight.to(grad.dtype),
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            False,
+            [0, 0],
+            conv.groups,
+            (True, False, False),
+        )[0]
         return grad_input.to(ctx.input_dtype), None
 
 
