@@ -11,7 +11,8 @@ machine's load, steps do not.
         --variants wave-gms,unet --out benchmarks/results/accuracy-glas-128
 
 writes ``<out>.csv`` (one row per variant and seed), ``<out>.curves.json``, ``<out>.md`` and ``<out>.png``, and keeps
-the runs and evaluations under ``<out>/``. Rows of earlier runs into the same table are kept unless rerun.
+the runs and evaluations under ``<out>/``. Rows of earlier runs into the same table are kept unless rerun;
+``--resume`` runs only the (variant, seed) pairs that have no row yet, after an interrupted run.
 ``--jobs 2 --threads 1`` runs two (variant, seed) processes at once, one torch thread each.
 """
 
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -124,6 +126,9 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         **variant.train,
     )
     run_dir = folder / f"{variant_name}-s{seed}"
+    # A rerun replaces the row, so it starts afresh: a resumed run's wall-time curve would have a gap.
+    for old in (run_dir, folder / f"{variant_name}-s{seed}-test"):
+        shutil.rmtree(old, ignore_errors=True)
     recorder = CurveRecorder()
     summary = fit(config, run_dir, callbacks=[recorder], enable_progress_bar=False)
     prompts = prompt_source(variant.prompts) if variant.prompts else None
@@ -208,7 +213,10 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
         "| test HD95 px | infer s/image | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(row["variant"] for row in rows):
+    # The order of --variants, then the variants of earlier runs kept in the table.
+    variants = list(dict.fromkeys([*args.variants.split(","), *(row["variant"] for row in rows)]))
+    variants = [name for name in variants if any(row["variant"] == name for row in rows)]
+    for name in variants:
         group = [row for row in rows if row["variant"] == name]
 
         def cell(key: str, digits: int, group: list[dict] = group) -> str:
@@ -222,8 +230,39 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
             f"| {cell('test_iou', 4)} | {cell('test_hd95', 1)} | {cell('inference_seconds_per_image', 3)} "
             f"| {max(row['peak_rss_mb'] for row in group):.0f} |"
         )
+    lines += ["", *curve_table(curves, variants)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot_curves(curves, out.with_suffix(".png"), f"{Path(args.data).name} {args.image_size}²")
+
+
+def curve_table(curves: dict[str, list], variants: list[str], columns: int = 10) -> list[str]:
+    """Markdown lines: mean validation score (95 % interval) and training seconds after chosen epochs, per variant."""
+    epochs = sorted({point["epoch"] for curve in curves.values() for point in curve})
+    if len(epochs) > columns:
+        epochs = [epochs[round(i * (len(epochs) - 1) / (columns - 1))] for i in range(columns)]
+    steps = {point["epoch"]: point["step"] for curve in curves.values() for point in curve}
+    lines = [
+        "Validation score against optimiser steps (mean over seeds ± 95 % interval; mean training seconds below).",
+        "Where the validation split is carved with the seed (no `val` list in the split file), the intervals include",
+        "the split's variation: compare variants seed by seed in the curves file.",
+        "",
+        "| variant | " + " | ".join(f"epoch {epoch} ({steps[epoch]} steps)" for epoch in epochs) + " |",
+        "|---|" + "---|" * len(epochs),
+    ]
+    for name in variants:
+        runs = [curve for key, curve in curves.items() if key.rsplit("-s", 1)[0] == name]
+        cells = []
+        for epoch in epochs:
+            points = [point for curve in runs for point in curve if point["epoch"] == epoch]
+            if not points:
+                cells.append("")
+                continue
+            mean, half = interval([point["value"] for point in points])
+            seconds = np.mean([point["seconds"] for point in points])
+            spread = f" ± {half:.3f}" if len(points) > 1 else ""
+            cells.append(f"{mean:.3f}{spread}<br>{seconds:.0f} s")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_curves(curves: dict[str, list], path: Path, title: str) -> None:
@@ -276,6 +315,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output prefix (<out>.csv, .md, .png, .curves.json, <out>/)")
     parser.add_argument("--jobs", type=int, default=1, help="(variant, seed) runs at once (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the (variant, seed) rows already in <out>.csv and run only the rest"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
@@ -290,8 +332,12 @@ def main() -> None:
     rows, curves = [], {}
     if out.with_suffix(".csv").is_file():
         with out.with_suffix(".csv").open() as handle:
-            rows = [row for row in csv.DictReader(handle) if (row["variant"], int(row["seed"])) not in jobs]
+            rows = list(csv.DictReader(handle))
+        done = {(row["variant"], int(row["seed"])) for row in rows}
+        if args.resume:
+            jobs = [job for job in jobs if job not in done]
         rows = [{key: _number(value) for key, value in row.items()} for row in rows]
+        rows = [row for row in rows if (row["variant"], row["seed"]) not in jobs]
         kept = {f"{row['variant']}-s{row['seed']}" for row in rows}
         if out.with_suffix(".curves.json").is_file():
             curves = {
@@ -318,6 +364,8 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
             write_tables(rows, curves, out, args)
+    if rows and not jobs:  # nothing left to run: the tables are rewritten from the rows kept
+        write_tables(rows, curves, out, args)
 
 
 def _number(text: str) -> int | float | str:
