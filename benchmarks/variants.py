@@ -28,6 +28,7 @@ VARIANTS: dict[str, Variant] = {
     "wave-gms[tiny-vae]": Variant("wave-gms", {"image_encoder": "tiny-vae"}),
     "wave-gms[tiny-vae+sft]": Variant("wave-gms", {"image_encoder": "tiny-vae", "mapping": "sft"}),
     "wave-gms[zero-heads]": Variant("wave-gms", {"head_init": "zeros"}),
+    "wave-gms[tiny-vae+zero-heads]": Variant("wave-gms", {"image_encoder": "tiny-vae", "head_init": "zeros"}),
     "wave-gms[tiny-vae+sft+zero-heads]": Variant(
         "wave-gms", {"image_encoder": "tiny-vae", "mapping": "sft", "head_init": "zeros"}
     ),
