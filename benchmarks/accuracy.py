@@ -332,11 +332,10 @@ def main() -> None:
     rows, curves = [], {}
     if out.with_suffix(".csv").is_file():
         with out.with_suffix(".csv").open() as handle:
-            rows = list(csv.DictReader(handle))
-        done = {(row["variant"], int(row["seed"])) for row in rows}
+            rows = [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
         if args.resume:
+            done = {(row["variant"], row["seed"]) for row in rows}
             jobs = [job for job in jobs if job not in done]
-        rows = [{key: _number(value) for key, value in row.items()} for row in rows]
         rows = [row for row in rows if (row["variant"], row["seed"]) not in jobs]
         kept = {f"{row['variant']}-s{row['seed']}" for row in rows}
         if out.with_suffix(".curves.json").is_file():

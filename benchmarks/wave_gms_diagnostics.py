@@ -33,6 +33,7 @@ from monai.losses import DiceLoss
 
 from genmedseg.data import discover, read_image, read_mask
 from genmedseg.engine.inference import load
+from genmedseg.models.latent import HEAD_INITS
 from genmedseg.models.lmm import ResAttnUNetDS
 from genmedseg.models.wave_gms import WaveGMS
 from genmedseg.models.wavelet import WaveletEncoder, haar_pyramid
@@ -226,7 +227,7 @@ def main() -> None:
     only = verbs.choices["mapping-only"]
     only.add_argument("--loss", choices=("mse", "mse+dice"), default="mse")
     only.add_argument("--input", choices=("latent", "pixels"), default="latent")
-    only.add_argument("--head-init", choices=("published", "zeros"), default="published")
+    only.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0])
     for verb in ("mapping-only", "distil"):
         sub = verbs.choices[verb]
         sub.add_argument("--steps", type=int, default=200)

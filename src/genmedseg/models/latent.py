@@ -5,9 +5,9 @@ are trained with a latent MSE against the autoencoder's latent of the mask and w
 the heads decoded by the frozen decoder (the gradient goes through the decoder, whose weights stay fixed).
 
 ``head_init="zeros"`` (a genmedseg option, not in the papers) zero-initialises the last convolution of every head, so
-training starts from the zero latent instead of random latents of about the masks' own size. With the frozen
-VAE's image latent as input this leaves the all-foreground start two to three times sooner
-(docs/wave-gms-learning.md).
+training starts from the zero latent instead of the random latents of the published initialisation. With the frozen
+VAE's image latent as input and no SFT guidance, it let GlaS runs leave the all-foreground start that the published
+initialisation kept; elsewhere it changed nothing measurable (docs/wave-gms-learning.md).
 """
 
 from __future__ import annotations
