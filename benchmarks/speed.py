@@ -13,8 +13,9 @@ Models and batches are in the engine's memory format (``genmedseg.models.base.ME
 ``--compare-memory-format`` also runs every configuration in the contiguous (NCHW) format and reports the speed-up
 and whether the losses agree; ``--compare-precision`` does the same for bfloat16 autocast (as the trainer's
 ``--precision bf16-mixed`` runs the step: the forward pass and the loss under autocast, the backward pass and the
-optimiser outside), with inference under autocast too; ``--compare-frozen-layers`` for the frozen autoencoder's
-plain ``nn.Conv2d`` / ``nn.ReLU`` layers instead of the memory-lean ones genmedseg uses (``genmedseg.vae.frozen``).
+optimiser outside), with inference under autocast too; ``--compare-memory-savings`` without genmedseg's memory
+savings: the frozen autoencoder's plain ``nn.Conv2d`` / ``nn.ReLU`` layers instead of the memory-lean ones
+(``genmedseg.vae.frozen``), and no gradient checkpointing (``gradient_checkpointing`` attributes set to False).
 Weights are random (timing does not depend on their values) at the paper's sizes; ``--vae`` (default
 ``$GENMEDSEG_VAE``) gives Wave-GMS real tiny-VAE weights instead. Writes ``OUT.csv`` and ``OUT.md``. See
 benchmarks/README.md.
@@ -62,13 +63,12 @@ TINY_VAE_METHODS = ("wave-gms",)
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 ENGINE_FORMAT = next(name for name, value in MEMORY_FORMATS.items() if value == MEMORY_FORMAT)
 BASELINE_FORMAT = "contiguous"
-LEAN_LAYERS, PLAIN_LAYERS = "memory-lean", "plain"
 PEAK_DTYPES = {FULL_PRECISION: ("float32", torch.float32), HALF_PRECISION: ("bfloat16", torch.bfloat16)}
 RESULT_PREFIX = "SPEED-RESULT "
 # Largest relative difference of the first loss and the mean probability that counts as agreeing with the baseline:
-# a change of memory format reorders sums only; bfloat16 keeps 8 bits of mantissa; the frozen layers compute the same.
-AGREEMENT_TOLERANCE = {"memory format": 1e-4, "precision": 3e-2, "frozen layers": 1e-4}
-COMPARED_WITH = {"memory format": "NCHW", "precision": "float32", "frozen layers": "plain frozen layers"}
+# a change of memory format reorders sums only; bfloat16 keeps 8 bits of mantissa; the memory savings compute the same.
+AGREEMENT_TOLERANCE = {"memory format": 1e-4, "precision": 3e-2, "memory savings": 1e-4}
+COMPARED_WITH = {"memory format": "NCHW", "precision": "float32", "memory savings": "no memory savings"}
 
 
 @dataclass
@@ -87,11 +87,11 @@ class Config:
     max_seconds: float
     seed: int
     vae: str
-    frozen_layers: str = LEAN_LAYERS
+    memory_savings: bool = True
 
-    def key(self) -> tuple[str, int, int, str, str, str]:
+    def key(self) -> tuple[str, int, int, str, str, bool]:
         """What identifies the configuration among those of one run."""
-        return (self.model, self.size, self.batch, self.memory_format, self.precision, self.frozen_layers)
+        return (self.model, self.size, self.batch, self.memory_format, self.precision, self.memory_savings)
 
 
 @dataclass
@@ -163,14 +163,16 @@ def build_model(label: str, vae: str, seed: int) -> tuple[SegmentationMethod, st
     return model, f"{type(autoencoder).__name__} {autoencoder.latent_channels} ch, {weights}"
 
 
-def use_plain_frozen_layers(model: torch.nn.Module) -> None:
-    """Turn the memory-lean frozen layers back into ``nn.Conv2d`` / ``nn.ReLU`` (same weights): the autograd graph
-    then keeps every activation, as before genmedseg had them."""
+def turn_off_memory_savings(model: torch.nn.Module) -> None:
+    """Turn the memory-lean frozen layers back into ``nn.Conv2d`` / ``nn.ReLU`` (same weights) and gradient
+    checkpointing off: the autograd graph then keeps every activation, as before genmedseg had them."""
     for module in model.modules():
         if isinstance(module, FrozenConv2d):
             module.__class__ = torch.nn.Conv2d
         elif isinstance(module, MaskedReLU):
             module.__class__ = torch.nn.ReLU
+        if getattr(module, "gradient_checkpointing", False):
+            module.gradient_checkpointing = False
 
 
 def synthetic_batch(
@@ -298,8 +300,8 @@ def run_configuration(config: Config) -> Measurement:
     baseline_memory = peak_resident_mib()
     memory_format = MEMORY_FORMATS[config.memory_format]
     model, frozen_part = build_model(config.model, config.vae, config.seed)
-    if config.frozen_layers == PLAIN_LAYERS:
-        use_plain_frozen_layers(model)
+    if not config.memory_savings:
+        turn_off_memory_savings(model)
     model = model.to(device, memory_format=memory_format)
     batch = synthetic_batch(config.batch, config.size, config.seed, device, memory_format)
     schedule = {"device": device, "repeats": config.repeats, "warmup": config.warmup, "max_seconds": config.max_seconds}
@@ -441,14 +443,15 @@ def busy_machine_warning(max_idle_load: float = 0.5) -> str:
 
 def baseline_of(config: Config, run: set[tuple]) -> tuple[str, tuple] | None:
     """What a configuration is compared with, and that configuration's key: a bfloat16 run against float32 in the
-    engine's format; the engine's float32 run against plain frozen layers where those ran, else against NCHW."""
+    engine's format; the engine's float32 run against the one without memory savings where that ran, else against
+    NCHW."""
     same = (config.model, config.size, config.batch)
     if config.precision == HALF_PRECISION:
-        return "precision", (*same, ENGINE_FORMAT, FULL_PRECISION, LEAN_LAYERS)
-    plain = (*same, ENGINE_FORMAT, FULL_PRECISION, PLAIN_LAYERS)
-    if plain in run:
-        return "frozen layers", plain
-    return "memory format", (*same, BASELINE_FORMAT, FULL_PRECISION, LEAN_LAYERS)
+        return "precision", (*same, ENGINE_FORMAT, FULL_PRECISION, True)
+    unsaved = (*same, ENGINE_FORMAT, FULL_PRECISION, False)
+    if unsaved in run:
+        return "memory savings", unsaved
+    return "memory format", (*same, BASELINE_FORMAT, FULL_PRECISION, True)
 
 
 def table_rows(results: list[tuple[Config, Measurement | str]], peak_gflops: dict[str, float]) -> list[dict[str, Any]]:
@@ -461,7 +464,7 @@ def table_rows(results: list[tuple[Config, Measurement | str]], peak_gflops: dic
     run = {config.key() for config, _ in results}
     rows = []
     for config, result in results:
-        if config.memory_format != ENGINE_FORMAT or config.frozen_layers != LEAN_LAYERS:
+        if config.memory_format != ENGINE_FORMAT or not config.memory_savings:
             continue
         if not isinstance(result, Measurement):
             rows.append(
@@ -625,11 +628,12 @@ def markdown_report(
     if compared:
         lines.append(
             "Speed-up: the baseline's time / this row's, measured in the same run; the baseline of a float32 row is the"
-            " same row with the frozen autoencoder's plain nn.Conv2d / nn.ReLU layers where those ran, else the"
+            " same row without memory savings (plain nn.Conv2d / nn.ReLU frozen layers, no gradient checkpointing)"
+            " where that ran, else the"
             f" contiguous (NCHW) format; that of a {HALF_PRECISION} row (bfloat16 autocast) is float32 in"
             f" {ENGINE_FORMAT}. Memory ratio: this row's peak / the baseline's. Agree: the first training loss and the"
             " mean inference probability (same initial weights and seeds) differ by at most"
-            f" {AGREEMENT_TOLERANCE['memory format']:g} relative from an NCHW or plain-layer baseline,"
+            f" {AGREEMENT_TOLERANCE['memory format']:g} relative from an NCHW or no-savings baseline,"
             f" {AGREEMENT_TOLERANCE['precision']:g} from the float32 one."
         )
     return "\n".join(lines) + "\n"
@@ -661,7 +665,7 @@ def run_configurations(
         )
         name = (
             f"{config.model} {config.size}x{config.size} batch {config.batch} {config.memory_format} {config.precision}"
-            f" {config.frozen_layers} frozen layers"
+            f"{'' if config.memory_savings else ' without memory savings'}"
         )
         print(f"[{index}/{len(configs)}] {name}: {summary} ({time.perf_counter() - begin:.0f} s)", file=sys.stderr)
     return results
@@ -681,7 +685,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-memory-format", action="store_true", help="also run contiguous (NCHW)")
     parser.add_argument("--compare-precision", action="store_true", help="also run under bfloat16 autocast")
     parser.add_argument(
-        "--compare-frozen-layers", action="store_true", help="also run with plain nn.Conv2d / nn.ReLU frozen layers"
+        "--compare-memory-savings",
+        action="store_true",
+        help="also run with plain nn.Conv2d / nn.ReLU frozen layers and without gradient checkpointing",
     )
     parser.add_argument(
         "--max-seconds-per-config",
@@ -733,13 +739,13 @@ def main(argv: list[str] | None = None) -> None:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 4096)
-    modes = [(ENGINE_FORMAT, FULL_PRECISION, LEAN_LAYERS)]
+    modes = [(ENGINE_FORMAT, FULL_PRECISION, True)]
     if args.compare_memory_format:
-        modes.append((BASELINE_FORMAT, FULL_PRECISION, LEAN_LAYERS))
+        modes.append((BASELINE_FORMAT, FULL_PRECISION, True))
     if args.compare_precision:
-        modes.append((ENGINE_FORMAT, HALF_PRECISION, LEAN_LAYERS))
-    if args.compare_frozen_layers:
-        modes.append((ENGINE_FORMAT, FULL_PRECISION, PLAIN_LAYERS))
+        modes.append((ENGINE_FORMAT, HALF_PRECISION, True))
+    if args.compare_memory_savings:
+        modes.append((ENGINE_FORMAT, FULL_PRECISION, False))
     precisions = dict.fromkeys(precision for _, precision, _ in modes)
     peaks = {
         precision: [matmul_peak_gflops(matmul_size, device, dtype=PEAK_DTYPES[precision][1])]
@@ -764,13 +770,13 @@ def main(argv: list[str] | None = None) -> None:
             batch=batch,
             memory_format=memory_format,
             precision=precision,
-            frozen_layers=frozen_layers,
+            memory_savings=memory_savings,
             **settings,
         )
         for label in labels
         for size in sizes
         for batch in batches
-        for memory_format, precision, frozen_layers in modes
+        for memory_format, precision, memory_savings in modes
     ]
     started = time.perf_counter()
     results = run_configurations(configs, training_memory_floors(labels, sizes, batches), device)
@@ -782,7 +788,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = table_rows(results, {precision: max(runs) for precision, runs in peaks.items()})
     command = shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)])
     write_csv(csv_path, rows)
-    compared = args.compare_memory_format or args.compare_precision or args.compare_frozen_layers
+    compared = args.compare_memory_format or args.compare_precision or args.compare_memory_savings
     report = markdown_report(rows, machine, peaks, device, compared, command, warning)
     markdown_path.write_text(report)
     print(f"wrote {csv_path} and {markdown_path}", file=sys.stderr)
