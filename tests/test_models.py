@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ from conftest import TINY_OPTIONS
 from genmedseg.engine.inference import Segmenter
 from genmedseg.errors import ConfigError
 from genmedseg.models.base import image_generators
-from genmedseg.models.registry import MODELS, create_model, get_model_class, load_pretrained
+from genmedseg.models.registry import MODELS, check_options, create_model, get_model_class, load_pretrained
 
 
 class BaseModelTester:
@@ -256,6 +257,20 @@ def test_unknown_model_lists_the_valid_ones() -> None:
 def test_unknown_option_lists_the_valid_ones_with_defaults(tiny_vae_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"no option mapping_width; its options: image_size=224, .*mapping='resattn'"):
         create_model("wave-gms", pretrained={"vae": str(tiny_vae_dir)}, mapping_width=3)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"gradient_checkpointing": "flase"}, "gradient_checkpointing='flase': expected true or false"),
+        ({"latent_weight": "one"}, "latent_weight='one': expected a number such as 1.0"),
+        ({"image_size": 224.5}, "image_size=224.5: expected an integer such as 224"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_before_any_weights_load(option: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_model("wave-gms", pretrained={"vae": "/nonexistent/weights"}, **option)
+    check_options(get_model_class("wave-gms"), {"latent_weight": 2, "gradient_checkpointing": False})  # int for float
 
 
 def test_a_bug_inside_a_constructor_is_not_reported_as_a_bad_option(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,6 +59,25 @@ def check_options(cls: type[Method], options: dict[str, Any]) -> None:
             key if default is inspect.Parameter.empty else f"{key}={default!r}" for key, default in defaults.items()
         )
         raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; its options: {valid}")
+    for key, value in options.items():
+        expected = _scalar_type(defaults[key])
+        if expected is not None and not _is_a(value, expected):
+            example = {bool: "true or false", int: "an integer", float: "a number"}[expected]
+            if expected is not bool:
+                example += f" such as {defaults[key]!r}"
+            raise ConfigError(f"model {cls.name!r} option {key}={value!r}: expected {example}")
+
+
+def _scalar_type(default: Any) -> type | None:
+    """``bool``, ``int`` or ``float`` for an option with such a default; None where any value may do."""
+    return next((kind for kind in (bool, int, float) if type(default) is kind), None)
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    """Whether ``value`` fits an option of type ``expected`` (an integer fits a float, a bool fits neither number)."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    return isinstance(value, int) or (expected is float and isinstance(value, float))
 
 
 def default_run_config(name: str) -> RunConfig:
