@@ -142,7 +142,7 @@ class ChannelUNet(nn.Module):
     taking ``concat(h, last unused skip)``; ``conv3x3(mc -> out)``. Output has the input's spatial size.
 
     With ``gradient_checkpointing``, a training forward keeps only each ResBlock's input and recomputes the block in
-    the backward pass: the same gradients, for about a third more of the UNet's (small) forward cost.
+    the backward pass: the same gradients, for one more forward pass of the blocks (a third more of their FLOPs).
     """
 
     def __init__(
