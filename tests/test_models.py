@@ -270,7 +270,10 @@ def test_unknown_option_lists_the_valid_ones_with_defaults(tiny_vae_dir: Path) -
 def test_an_option_of_the_wrong_type_is_refused_before_any_weights_load(option: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         create_model("wave-gms", pretrained={"vae": "/nonexistent/weights"}, **option)
-    check_options(get_model_class("wave-gms"), {"latent_weight": 2, "gradient_checkpointing": False})  # int for float
+
+
+def test_an_integer_fits_a_float_option() -> None:
+    check_options(get_model_class("wave-gms"), {"latent_weight": 2, "gradient_checkpointing": False})
 
 
 def test_a_bug_inside_a_constructor_is_not_reported_as_a_bad_option(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,24 +60,16 @@ def check_options(cls: type[Method], options: dict[str, Any]) -> None:
         )
         raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; its options: {valid}")
     for key, value in options.items():
-        expected = _scalar_type(defaults[key])
-        if expected is not None and not _is_a(value, expected):
+        expected = type(defaults[key])
+        if expected in SCALAR_OPTION_TYPES and type(value) not in SCALAR_OPTION_TYPES[expected]:
             example = {bool: "true or false", int: "an integer", float: "a number"}[expected]
             if expected is not bool:
                 example += f" such as {defaults[key]!r}"
             raise ConfigError(f"model {cls.name!r} option {key}={value!r}: expected {example}")
 
 
-def _scalar_type(default: Any) -> type | None:
-    """``bool``, ``int`` or ``float`` for an option with such a default; None where any value may do."""
-    return next((kind for kind in (bool, int, float) if type(default) is kind), None)
-
-
-def _is_a(value: Any, expected: type) -> bool:
-    """Whether ``value`` fits an option of type ``expected`` (an integer fits a float, a bool fits neither number)."""
-    if isinstance(value, bool) or expected is bool:
-        return isinstance(value, bool) and expected is bool
-    return isinstance(value, int) or (expected is float and isinstance(value, float))
+SCALAR_OPTION_TYPES = {bool: (bool,), int: (int,), float: (int, float)}
+"""The type of an option's default -> the types its value may have (a bool is no number; an integer is a float)."""
 
 
 def default_run_config(name: str) -> RunConfig:
