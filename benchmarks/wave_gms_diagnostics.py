@@ -13,6 +13,9 @@ MSE only or with the decoded Dice added, and prints validation MSE, Dice and for
 neighbourhood) recovers from the VAE's image latent, from raw pixel blocks, from the level-3 Haar bands and from an
 untrained wavelet encoder: validation MSE against the mean latent's, and Dice of the decoded prediction.
 
+``ceiling``: the Dice of the frozen VAE's own reconstruction of the masks (decode(encode(mask))) at several sizes:
+the best any latent method with that VAE can score, before anything is learnt.
+
 ``distil``: trains the wavelet encoder alone with the alignment loss (distillation of the VAE's image latent) and
 prints its cosine similarity to the teacher every 25 steps, beside that of the constant mean latent.
 
@@ -20,6 +23,7 @@ prints its cosine similarity to the teacher every 25 steps, beside that of the c
     python benchmarks/wave_gms_diagnostics.py mapping-only --data ../shared/data/glas --loss mse+dice --input pixels
     python benchmarks/wave_gms_diagnostics.py probe --data ../shared/data/glas --image-size 64
     python benchmarks/wave_gms_diagnostics.py distil --data ../shared/data/glas --image-size 64
+    python benchmarks/wave_gms_diagnostics.py ceiling --data ../shared/data/drive --sizes 64,128,224,384
 """
 
 from __future__ import annotations
@@ -179,6 +183,22 @@ def probe(args: argparse.Namespace) -> None:
             print(f"{name}: val MSE {F.mse_loss(prediction, val_y):.3f}, Dice {dice:.3f}")
 
 
+def ceiling(args: argparse.Namespace) -> None:
+    vae = load_tiny_vae(args.vae)
+    for size in map(int, args.sizes.split(",")):
+        _, masks = resized_pairs(args.data, args.split, size)
+        with torch.no_grad():
+            dice = torch.cat(
+                [
+                    hard_dice(vae.decode(vae.encode(batch.expand(-1, 3, -1, -1))).mean(1, keepdim=True), batch)
+                    for batch in masks.split(8)
+                ]
+            )
+        print(
+            f"{size}²: reconstruction Dice {dice.mean():.4f} (min {dice.min():.4f}) over {len(dice)} {args.split} masks"
+        )
+
+
 def distil(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     vae = load_tiny_vae(args.vae)
@@ -214,15 +234,20 @@ def distil(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for verb in ("stats", "mapping-only", "probe", "distil"):
+    run = {"stats": stats, "mapping-only": mapping_only, "probe": probe, "distil": distil, "ceiling": ceiling}
+    for verb in run:
         sub = verbs.add_parser(verb)
         sub.add_argument("--data", required=True)
-        sub.add_argument("--image-size", type=int, default=64)
         sub.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        if verb != "ceiling":
+            sub.add_argument("--image-size", type=int, default=64)
         if verb != "stats":
-            sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--vae", default=None, help="frozen tiny VAE (default: GENMEDSEG_VAE)")
+        if verb not in ("stats", "ceiling"):
+            sub.add_argument("--seed", type=int, default=0)
     verbs.choices["stats"].add_argument("model")
+    verbs.choices["ceiling"].add_argument("--sizes", default="64,128,224", help="comma-separated sides")
+    verbs.choices["ceiling"].add_argument("--split", default="test")
     verbs.choices["probe"].add_argument("--ridge", type=float, default=0.01, help="ridge strength (default 0.01)")
     only = verbs.choices["mapping-only"]
     only.add_argument("--loss", choices=("mse", "mse+dice"), default="mse")
@@ -235,7 +260,7 @@ def main() -> None:
         sub.add_argument("--lr", type=float, default=2e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"stats": stats, "mapping-only": mapping_only, "probe": probe, "distil": distil}[args.verb](args)
+    run[args.verb](args)
 
 
 if __name__ == "__main__":
