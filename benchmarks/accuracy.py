@@ -232,7 +232,7 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
         )
     lines += ["", *curve_table(curves, variants)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot_curves(curves, out.with_suffix(".png"), f"{Path(args.data).name} {args.image_size}²")
+    plot_curves(curves, variants, out.with_suffix(".png"), f"{Path(args.data).name} {args.image_size}²")
 
 
 def curve_table(curves: dict[str, list], variants: list[str], columns: int = 10) -> list[str]:
@@ -250,7 +250,7 @@ def curve_table(curves: dict[str, list], variants: list[str], columns: int = 10)
         "|---|" + "---|" * len(epochs),
     ]
     for name in variants:
-        runs = [curve for key, curve in curves.items() if key.rsplit("-s", 1)[0] == name]
+        runs = [curve for key, curve in curves.items() if variant_of(key) == name]
         cells = []
         for epoch in epochs:
             points = [point for curve in runs for point in curve if point["epoch"] == epoch]
@@ -265,30 +265,32 @@ def curve_table(curves: dict[str, list], variants: list[str], columns: int = 10)
     return lines
 
 
-def plot_curves(curves: dict[str, list], path: Path, title: str) -> None:
-    """Validation score of every run against optimiser steps (left) and training seconds (right)."""
+def variant_of(curve_key: str) -> str:
+    """``"wave-gms[sft]-s2"`` -> ``"wave-gms[sft]"``."""
+    return curve_key.rsplit("-s", 1)[0]
+
+
+def plot_curves(curves: dict[str, list], variants: list[str], path: Path, title: str) -> None:
+    """Validation score of every run against optimiser steps (left) and training seconds (right), one colour and one
+    legend entry per variant, in the order of ``variants`` (that of the tables)."""
     from genmedseg.report.common import BLUE, GREEN, ORANGE, PURPLE, SKY_BLUE, VERMILLION, YELLOW, new_figure, png_bytes
 
     colours = (BLUE, VERMILLION, GREEN, ORANGE, PURPLE, SKY_BLUE, YELLOW)
     figure = new_figure(11, 4)
     step_axes, time_axes = figure.subplots(1, 2, sharey=True)
-    variants = list(dict.fromkeys(key.rsplit("-s", 1)[0] for key in curves))
-    labelled: set[str] = set()
-    for key, rows in curves.items():
-        variant = key.rsplit("-s", 1)[0]
-        colour = colours[variants.index(variant) % len(colours)]
-        label = None if variant in labelled else variant  # one legend entry per variant, not per seed
-        labelled.add(variant)
-        for axes, x in ((step_axes, "step"), (time_axes, "seconds")):
-            axes.plot(
-                [row[x] for row in rows],
-                [row["value"] for row in rows],
-                color=colour,
-                alpha=0.8,
-                marker="o",
-                markersize=2,
-                label=label if axes is step_axes else None,
-            )
+    for index, variant in enumerate(variants):
+        runs = [rows for key, rows in curves.items() if variant_of(key) == variant]
+        for run, rows in enumerate(runs):
+            for axes, x in ((step_axes, "step"), (time_axes, "seconds")):
+                axes.plot(
+                    [row[x] for row in rows],
+                    [row["value"] for row in rows],
+                    color=colours[index % len(colours)],
+                    alpha=0.8,
+                    marker="o",
+                    markersize=2,
+                    label=variant if axes is step_axes and run == 0 else None,
+                )
     step_axes.set_xlabel("optimiser steps")
     time_axes.set_xlabel("training seconds")
     step_axes.set_ylabel("validation score")
