@@ -52,7 +52,7 @@ from genmedseg.config import BF16_PRECISION as HALF_PRECISION
 from genmedseg.config import FULL_PRECISION, TrainConfig
 from genmedseg.errors import ConfigError, GenMedSegError
 from genmedseg.models.base import MEMORY_FORMAT, SegmentationMethod
-from genmedseg.models.registry import create_model, get_model_class
+from genmedseg.models.registry import MODELS, create_model, get_model_class
 from genmedseg.vae.frozen import FrozenConv2d, MaskedReLU
 from genmedseg.vae.loading import TINY_VAE_ENV
 from variants import NAMES, resolve
@@ -675,7 +675,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring and benchmarks/README.md)."""
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(NAMES), help="comma-separated model names")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated model names (default: every registered method; variants like wave-gms[sft] on request)",
+    )
     parser.add_argument("--sizes", default="128,224", help="square image sides, comma-separated")
     parser.add_argument("--batches", default="1,12", help="batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median reported)")
