@@ -8,6 +8,8 @@ zeroes the Dice gradient), and the Dice gradient with respect to the latent.
 ``mapping-only``: trains the latent mapping model alone on fixed inputs: the frozen VAE's own image latent (the best
 input it can get) or the image's raw 8 x 8 pixel blocks (what an untrained image encoder passes on), with the latent
 MSE only or with the decoded Dice added, and prints validation MSE, Dice and foreground share every 25 steps.
+``--standardise`` makes it predict the masks' latents standardised per channel (with the training masks' mean and
+std, undone before decoding), so that every one of the 32 TAEF2 channels weighs the same in the MSE.
 
 ``probe``: how much of the masks' latent a *linear* map (ridge regression over each latent position's 3 x 3
 neighbourhood) recovers from the VAE's image latent, from raw pixel blocks, from the level-3 Haar bands and from an
@@ -107,6 +109,9 @@ def mapping_only(args: argparse.Namespace) -> None:
 
         train_in, train_target = inputs(train_images), vae.encode(train_masks.expand(-1, 3, -1, -1))
         val_in, val_target = inputs(val_images), vae.encode(val_masks.expand(-1, 3, -1, -1))
+    shift = train_target.mean((0, 2, 3), keepdim=True) if args.standardise else 0.0
+    scale = train_target.std((0, 2, 3), keepdim=True) if args.standardise else 1.0
+    standardised_target = (train_target - shift) / scale
     mapping = ResAttnUNetDS(train_in.shape[1], vae.latent_channels)
     mapping.keep_heads(HEADS)
     if args.head_init == "zeros":
@@ -118,7 +123,7 @@ def mapping_only(args: argparse.Namespace) -> None:
     for step in range(args.steps + 1):
         if step % 25 == 0:
             with torch.no_grad():
-                out = mapping(val_in)["out"]
+                out = mapping(val_in)["out"] * scale + shift
                 probability = vae.decode(out).mean(1, keepdim=True)
             print(
                 f"step {step}: val MSE {F.mse_loss(out, val_target):.3f}, "
@@ -128,7 +133,8 @@ def mapping_only(args: argparse.Namespace) -> None:
             )
         batch = torch.randint(0, len(train_in), (args.batch_size,))
         heads = mapping(train_in[batch])
-        loss = sum(F.mse_loss(heads[name], train_target[batch]) for name in HEADS)
+        loss = sum(F.mse_loss(heads[name], standardised_target[batch]) for name in HEADS)
+        heads = {name: head * scale + shift for name, head in heads.items()}
         if args.loss == "mse+dice":
             decoded = vae.decode(torch.cat([heads[name] for name in HEADS])).mean(1, keepdim=True)
             loss = loss + sum(dice_loss(part, train_masks[batch]) for part in decoded.chunk(len(HEADS)))
@@ -252,6 +258,7 @@ def main() -> None:
     only = verbs.choices["mapping-only"]
     only.add_argument("--loss", choices=("mse", "mse+dice"), default="mse")
     only.add_argument("--input", choices=("latent", "pixels"), default="latent")
+    only.add_argument("--standardise", action="store_true", help="per-channel standardised latent targets")
     only.add_argument("--head-init", choices=HEAD_INITS, default=HEAD_INITS[0])
     for verb in ("mapping-only", "distil"):
         sub = verbs.choices[verb]
