@@ -189,9 +189,17 @@ def probe(args: argparse.Namespace) -> None:
             print(f"{name}: val MSE {F.mse_loss(prediction, val_y):.3f}, Dice {dice:.3f}")
 
 
+def sides(text: str) -> list[int]:
+    """``"64,128"`` -> ``[64, 128]``, for argparse."""
+    try:
+        return [int(side) for side in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image sides such as 64,128, not {text!r}") from None
+
+
 def ceiling(args: argparse.Namespace) -> None:
     vae = load_tiny_vae(args.vae)
-    for size in map(int, args.sizes.split(",")):
+    for size in args.sizes:
         _, masks = resized_pairs(args.data, args.split, size)
         with torch.no_grad():
             dice = torch.cat(
@@ -252,7 +260,7 @@ def main() -> None:
         if verb not in ("stats", "ceiling"):
             sub.add_argument("--seed", type=int, default=0)
     verbs.choices["stats"].add_argument("model")
-    verbs.choices["ceiling"].add_argument("--sizes", default="64,128,224", help="comma-separated sides")
+    verbs.choices["ceiling"].add_argument("--sizes", type=sides, default=[64, 128, 224], help="comma-separated sides")
     verbs.choices["ceiling"].add_argument("--split", default="test")
     verbs.choices["probe"].add_argument("--ridge", type=float, default=0.01, help="ridge strength (default 0.01)")
     only = verbs.choices["mapping-only"]
