@@ -39,11 +39,13 @@ from monai.losses import DiceLoss
 
 from genmedseg.data import discover, read_image, read_mask
 from genmedseg.engine.inference import load
+from genmedseg.errors import GenMedSegError
 from genmedseg.models.latent import HEAD_INITS
 from genmedseg.models.lmm import ResAttnUNetDS
 from genmedseg.models.wave_gms import WaveGMS
 from genmedseg.models.wavelet import WaveletEncoder, haar_pyramid
 from genmedseg.vae.loading import load_tiny_vae
+from speed import parse_int_list
 
 HEADS = ("level2", "level1", "out")
 
@@ -189,17 +191,10 @@ def probe(args: argparse.Namespace) -> None:
             print(f"{name}: val MSE {F.mse_loss(prediction, val_y):.3f}, Dice {dice:.3f}")
 
 
-def sides(text: str) -> list[int]:
-    """``"64,128"`` -> ``[64, 128]``, for argparse."""
-    try:
-        return [int(side) for side in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated image sides such as 64,128, not {text!r}") from None
-
-
 def ceiling(args: argparse.Namespace) -> None:
+    sizes = parse_int_list(args.sizes, "--sizes")
     vae = load_tiny_vae(args.vae)
-    for size in args.sizes:
+    for size in sizes:
         _, masks = resized_pairs(args.data, args.split, size)
         with torch.no_grad():
             dice = torch.cat(
@@ -260,7 +255,7 @@ def main() -> None:
         if verb not in ("stats", "ceiling"):
             sub.add_argument("--seed", type=int, default=0)
     verbs.choices["stats"].add_argument("model")
-    verbs.choices["ceiling"].add_argument("--sizes", type=sides, default=[64, 128, 224], help="comma-separated sides")
+    verbs.choices["ceiling"].add_argument("--sizes", default="64,128,224", help="comma-separated sides")
     verbs.choices["ceiling"].add_argument("--split", default="test")
     verbs.choices["probe"].add_argument("--ridge", type=float, default=0.01, help="ridge strength (default 0.01)")
     only = verbs.choices["mapping-only"]
@@ -275,7 +270,10 @@ def main() -> None:
         sub.add_argument("--lr", type=float, default=2e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run[args.verb](args)
+    try:
+        run[args.verb](args)
+    except GenMedSegError as error:  # a bad argument or dataset: the message, not a traceback
+        parser.exit(2, f"{parser.prog} {args.verb}: error: {error}\n")
 
 
 if __name__ == "__main__":
