@@ -13,7 +13,8 @@ std, undone before decoding), so that every one of the 32 TAEF2 channels weighs 
 
 ``probe``: how much of the masks' latent a *linear* map (ridge regression over each latent position's 3 x 3
 neighbourhood) recovers from the VAE's image latent, from raw pixel blocks, from the level-3 Haar bands and from an
-untrained wavelet encoder: validation MSE against the mean latent's, and Dice of the decoded prediction.
+untrained wavelet encoder: validation MSE against the mean latent's, and Dice of the decoded prediction (for the mean
+latent too, with its share of foreground).
 
 ``ceiling``: the Dice of the frozen VAE's own reconstruction of the masks (decode(encode(mask))) at several sizes:
 the best any latent method with that VAE can score, before anything is learnt.
@@ -181,7 +182,13 @@ def probe(args: argparse.Namespace) -> None:
     with torch.no_grad():
         targets = [vae.encode(masks.expand(-1, 3, -1, -1)) for masks in (train_masks, val_masks)]
         train_y, val_y = (target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]) for target in targets)
-        print(f"mean latent: val MSE {F.mse_loss(train_y.mean(0).expand_as(val_y), val_y):.3f}")
+        mean_latent = train_y.mean(0)[None, :, None, None].expand_as(targets[1])
+        mean_proba = vae.decode(mean_latent.contiguous()).mean(1, keepdim=True)
+        print(
+            f"mean latent: val MSE {F.mse_loss(train_y.mean(0).expand_as(val_y), val_y):.3f}, Dice "
+            f"{hard_dice(mean_proba, val_masks).mean():.3f}, decoded foreground share "
+            f"{(mean_proba > 0.5).float().mean():.3f}"
+        )
         for name, features in sources.items():
             prediction = ridge_predict(
                 neighbourhoods(features(train_images)), train_y, neighbourhoods(features(val_images)), args.ridge
