@@ -182,10 +182,10 @@ def probe(args: argparse.Namespace) -> None:
     with torch.no_grad():
         targets = [vae.encode(masks.expand(-1, 3, -1, -1)) for masks in (train_masks, val_masks)]
         train_y, val_y = (target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]) for target in targets)
-        mean_latent = train_y.mean(0)[None, :, None, None].expand_as(targets[1])
+        mean_latent = targets[0].mean((0, 2, 3), keepdim=True).expand_as(targets[1])
         mean_proba = vae.decode(mean_latent.contiguous()).mean(1, keepdim=True)
         print(
-            f"mean latent: val MSE {F.mse_loss(train_y.mean(0).expand_as(val_y), val_y):.3f}, Dice "
+            f"mean latent: val MSE {F.mse_loss(mean_latent, targets[1]):.3f}, Dice "
             f"{hard_dice(mean_proba, val_masks).mean():.3f}, decoded foreground share "
             f"{(mean_proba > 0.5).float().mean():.3f}"
         )
