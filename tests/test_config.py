@@ -53,7 +53,7 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
 
 def test_choices_and_optional_numbers_are_checked():
     config = RunConfig()
-    with pytest.raises(ConfigError, match="schedule: 'cosine' is not one of warmup-cosine, constant"):
+    with pytest.raises(ConfigError, match="schedule='cosine': choose one of warmup-cosine, constant"):
         config.override("train", schedule="cosine")
     with pytest.raises(ConfigError, match="ema_decay: expected a number"):
         config.override("train", ema_decay="high")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import ConfigError, check_choice
 
 SCHEDULES = ("warmup-cosine", "constant")
 FULL_PRECISION, BF16_PRECISION = "32-true", "bf16-mixed"
@@ -161,8 +161,8 @@ def _build_section(current: Any, values: dict[str, Any], source: str) -> Any:
             continue
         merged[key] = _coerce(value, hints[key], f"{source}.{key}")
         choices = metadata.get("choices")
-        if choices and merged[key] not in choices:
-            raise ConfigError(f"{source}.{key}: {value!r} is not one of {', '.join(choices)}")
+        if choices:
+            check_choice(f"{source}.{key}", merged[key], choices)
         _check_bounds(merged[key], metadata, f"{source}.{key}")
     return type(current)(**merged)
 

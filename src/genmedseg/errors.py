@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class GenMedSegError(Exception):
     """Base class of every error genmedseg raises on purpose; the CLI prints it without a traceback."""
@@ -25,3 +27,9 @@ class TrainingError(GenMedSegError):
 
 class ExportError(GenMedSegError):
     """A model cannot be exported as asked, or its export does not compute what the model computes."""
+
+
+def check_choice(key: str, value: object, choices: Collection[object]) -> None:
+    """Refuse ``value`` for option ``key`` unless it is one of ``choices``, naming them."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, choices))}")

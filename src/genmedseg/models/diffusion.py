@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import ConfigError, check_choice
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,8 +72,7 @@ class GaussianDiffusion:
         """A fresh diffusers scheduler of the training schedule with ``steps`` inference steps."""
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        check_choice("sampler", sampler, SAMPLERS)
         if not 1 <= steps <= self.train_steps:
             raise ConfigError(f"steps={steps}: choose 1 to {self.train_steps} (the training schedule's length)")
         config = dict(self.scheduler.config)

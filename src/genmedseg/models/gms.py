@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import check_choice
 from genmedseg.models.latent import LatentSegmentationMethod
 from genmedseg.models.lmm import ResAttnUNetDS
 from genmedseg.vae import SD_VAE, SD_VAE_CONFIG, TINY_SD_VAE_CONFIG, FrozenSDVAE
@@ -58,8 +58,7 @@ class GMS(LatentSegmentationMethod):
         head_init: str = "published",
     ) -> None:
         super().__init__(image_size, supervised_heads, latent_weight, dice_weight, head_init)
-        if latent_noise not in LATENT_NOISE:
-            raise ConfigError(f"latent_noise={latent_noise!r} is not one of {LATENT_NOISE}")
+        check_choice("latent_noise", latent_noise, LATENT_NOISE)
         self.options = {
             "image_size": image_size,
             "mapping_channels": mapping_channels,

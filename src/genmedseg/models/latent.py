@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import check_choice
 from genmedseg.models.base import SegmentationMethod
 
 HEAD_INITS = ("published", "zeros")
@@ -47,8 +47,7 @@ class LatentSegmentationMethod(SegmentationMethod):
         head_init: str,
     ) -> None:
         super().__init__(image_size)
-        if head_init not in HEAD_INITS:
-            raise ConfigError(f"head_init={head_init!r} is not one of {HEAD_INITS}")
+        check_choice("head_init", head_init, HEAD_INITS)
         self.head_init = head_init
         self.supervised_heads = tuple(supervised_heads)
         self.latent_weight = latent_weight

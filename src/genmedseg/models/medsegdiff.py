@@ -41,7 +41,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import ConfigError, check_choice
 from genmedseg.models.base import Generators, Prediction, SamplingOption, SegmentationMethod, image_generators
 from genmedseg.models.diffusion import SAMPLERS, GaussianDiffusion
 
@@ -449,8 +449,7 @@ class MedSegDiff(SegmentationMethod):
         highway_max_channels: int = 480,
         calibration_weight: float = CALIBRATION_WEIGHT,
     ) -> None:
-        if version not in VERSIONS:
-            raise ConfigError(f"version={version!r}: choose one of {', '.join(VERSIONS)}")
+        check_choice("version", version, VERSIONS)
         if image_channels not in (1, 3):
             raise ConfigError(f"image_channels={image_channels}: choose 1 (grayscale) or 3 (RGB)")
         if not channel_mult or num_res_blocks < 1 or model_channels % num_heads:

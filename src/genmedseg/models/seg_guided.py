@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genmedseg.errors import ConfigError, DataError
+from genmedseg.errors import ConfigError, DataError, check_choice
 from genmedseg.models.base import GenerationMethod, Generators, SamplingOption, per_image_randn
 from genmedseg.models.diffusion import SAMPLERS, GaussianDiffusion
 
@@ -115,8 +115,7 @@ class SegGuidedDiffusion(GenerationMethod):
             raise ConfigError(f"image_channels={image_channels}: choose 1 (grayscale) or 3 (RGB)")
         if num_classes < 2:
             raise ConfigError(f"num_classes={num_classes}: at least 2 (background 0 and one class)")
-        if conditioning not in CONDITIONINGS:
-            raise ConfigError(f"conditioning={conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
+        check_choice("conditioning", conditioning, CONDITIONINGS)
         if conditioning == "single-channel" and num_classes > SINGLE_CHANNEL_SCALE + 1:
             raise ConfigError(f"conditioning=single-channel holds at most 256 classes (k/255), not {num_classes}")
         if mask_ablation and conditioning == "none":

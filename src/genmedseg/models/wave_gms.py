@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genmedseg.errors import ConfigError
+from genmedseg.errors import check_choice
 from genmedseg.models.latent import LatentSegmentationMethod
 from genmedseg.models.lmm import SKFF, ResAttnUNetDS, SFTUNetDS
 from genmedseg.models.wavelet import WaveletEncoder, haar_pyramid
@@ -82,10 +82,8 @@ class WaveGMS(LatentSegmentationMethod):
         gradient_checkpointing: bool = True,
     ) -> None:
         super().__init__(image_size, supervised_heads, latent_weight, dice_weight, head_init)
-        if image_encoder not in IMAGE_ENCODERS:
-            raise ConfigError(f"image_encoder={image_encoder!r} is not one of {IMAGE_ENCODERS}")
-        if mapping not in MAPPINGS:
-            raise ConfigError(f"mapping={mapping!r} is not one of {MAPPINGS}")
+        check_choice("image_encoder", image_encoder, IMAGE_ENCODERS)
+        check_choice("mapping", mapping, MAPPINGS)
         self.options = {
             "image_size": image_size,
             "image_encoder": image_encoder,
