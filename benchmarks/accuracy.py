@@ -62,6 +62,7 @@ COLUMNS = (
     "n_test",
     "inference_seconds_per_image",
     "peak_rss_mb",
+    "peak_cuda_mb",
 )
 
 
@@ -92,10 +93,15 @@ class CurveRecorder(L.Callback):
             )
 
 
-def inference_seconds(run_dir: Path, data: str, sampling: dict[str, Any], count: int = 4) -> float:
+def device_of(args: argparse.Namespace) -> str:
+    """Where evaluation and the inference timing run: the device that trained."""
+    return "cuda" if args.accelerator == "gpu" else "cpu"
+
+
+def inference_seconds(run_dir: Path, args: argparse.Namespace, sampling: dict[str, Any], count: int = 4) -> float:
     """Seconds per image of the model on ``count`` test images at once (in memory), after one warm-up call."""
-    segmenter = load(run_dir)
-    index = discover(data)
+    segmenter = load(run_dir, device_of(args))
+    index = discover(args.data)
     images = [read_image(index.pairs[name][0]) for name in index.splits["test"][:count]]
     segmenter.predict_batch(images[:1], sampling=sampling)
     started = time.perf_counter()
@@ -107,7 +113,7 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
     """Train, evaluate and time one variant with one seed; returns its row (the curve under ``curve``)."""
     variant = resolve_variant(variant_name)
     config = default_run_config(variant.model)
-    config.override("data", root=args.data, image_size=args.image_size)
+    config.override("data", root=args.data, image_size=args.image_size, num_workers=args.num_workers)
     if args.extra_data:
         config.override("data", extra_root=args.extra_data, extra_weight=args.extra_weight)
     config.override(
@@ -120,7 +126,7 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=seed,
-        accelerator="cpu",
+        accelerator=args.accelerator,
         precision=args.precision,
         preview_every=0,
         **variant.train,
@@ -130,6 +136,9 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
     for old in (run_dir, folder / f"{variant_name}-s{seed}-test"):
         shutil.rmtree(old, ignore_errors=True)
     recorder = CurveRecorder()
+    on_gpu = args.accelerator == "gpu"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     summary = fit(config, run_dir, callbacks=[recorder], enable_progress_bar=False)
     prompts = prompt_source(variant.prompts) if variant.prompts else None
     results = evaluate(
@@ -139,6 +148,7 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         split="test",
         prompts=prompts,
         sampling=variant.sampling,
+        device=device_of(args),
     )
     return {
         "variant": variant_name,
@@ -156,8 +166,9 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         "test_iou": round(results["iou"]["mean"], 4),
         "test_hd95": round(results["hd95"]["mean"], 2),
         "n_test": results["dice"]["n"],
-        "inference_seconds_per_image": round(inference_seconds(run_dir, args.data, variant.sampling), 4),
+        "inference_seconds_per_image": round(inference_seconds(run_dir, args, variant.sampling), 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else "",
         "curve": recorder.rows,
     }
 
@@ -182,8 +193,10 @@ def threads_per_run(args: argparse.Namespace) -> int:
     return args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
 
-def machine(threads: int | None = None) -> str:
-    """CPU model, torch threads (``threads``, else this process's) and torch version."""
+def machine(args: argparse.Namespace) -> str:
+    """The GPU, or the CPU model and torch threads per run; and the torch version."""
+    if args.accelerator == "gpu":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -192,25 +205,25 @@ def machine(threads: int | None = None) -> str:
         ),
         platform.processor(),
     )
-    return f"{cpu}, {threads or torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {threads_per_run(args)} threads, torch {torch.__version__}"
 
 
 def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: argparse.Namespace) -> None:
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
+        writer.writerows({key: row.get(key, "") for key in COLUMNS} for row in rows)
     out.with_suffix(".curves.json").write_text(json.dumps(curves, indent=1) + "\n")
     lines = [
         f"# Accuracy at equal training: {Path(args.data).name} at {args.image_size}x{args.image_size}",
         "",
         f"{args.epochs} epochs per run, batch {args.batch_size}, precision {args.precision}, seeds {args.seeds}, on"
-        f" {machine(threads_per_run(args))} per run, {args.jobs} run(s) at once.",
+        f" {machine(args)} per run, {args.jobs} run(s) at once.",
         "Means over seeds with 95 % t-intervals; test metrics at native resolution, checkpoint selected on validation.",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
         "| variant | trainable / total params | seeds | steps | train s/step | best val | test Dice | test IoU "
-        "| test HD95 px | infer s/image | peak RSS MB |",
+        "| test HD95 px | infer s/image | peak RSS MB (CUDA MB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # The order of --variants, then the variants of earlier runs kept in the table.
@@ -228,11 +241,18 @@ def write_tables(rows: list[dict], curves: dict[str, list], out: Path, args: arg
             f"| {name} | {first['trainable_parameters']:,} / {first['parameters']:,} | {len(group)} "
             f"| {first['steps']} | {cell('seconds_per_step', 3)} | {cell('best_val', 4)} | {cell('test_dice', 4)} "
             f"| {cell('test_iou', 4)} | {cell('test_hd95', 1)} | {cell('inference_seconds_per_image', 3)} "
-            f"| {max(row['peak_rss_mb'] for row in group):.0f} |"
+            f"| {peak_memory(group)} |"
         )
     lines += ["", *curve_table(curves, variants)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot_curves(curves, variants, out.with_suffix(".png"), f"{Path(args.data).name} {args.image_size}²")
+
+
+def peak_memory(group: list[dict]) -> str:
+    """Largest peak RSS of the runs, with their largest CUDA peak where they trained on a GPU."""
+    rss = f"{max(row['peak_rss_mb'] for row in group):.0f}"
+    cuda = [row["peak_cuda_mb"] for row in group if row.get("peak_cuda_mb") not in (None, "")]
+    return f"{rss} ({max(cuda):.0f})" if cuda else rss
 
 
 def curve_table(curves: dict[str, list], variants: list[str], columns: int = 10) -> list[str]:
@@ -311,6 +331,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every run")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (weights, shuffling, augmentation)")
     parser.add_argument("--precision", default="32-true", help="train --precision (32-true or bf16-mixed)")
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="where to train and test")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loading processes (train --num-workers)")
     parser.add_argument("--vae", default=None, help="frozen VAE (default: GENMEDSEG_VAE)")
     parser.add_argument("--extra-data", default=None, help="pairs that join the training split (train --extra-data)")
     parser.add_argument("--extra-weight", type=float, default=1.0, help="their sampling weight (train --extra-weight)")
