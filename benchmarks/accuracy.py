@@ -344,6 +344,8 @@ def main() -> None:
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: torch sees no CUDA GPU here (a CPU build of torch, or no driver)")
     out = Path(args.out)
     if args.one:
         torch.set_num_threads(threads_per_run(args))
