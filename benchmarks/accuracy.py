@@ -93,15 +93,10 @@ class CurveRecorder(L.Callback):
             )
 
 
-def device_of(args: argparse.Namespace) -> str:
-    """Where evaluation and the inference timing run: the device that trained."""
-    return "cuda" if args.accelerator == "gpu" else "cpu"
-
-
-def inference_seconds(run_dir: Path, args: argparse.Namespace, sampling: dict[str, Any], count: int = 4) -> float:
+def inference_seconds(run_dir: Path, data: str, device: str, sampling: dict[str, Any], count: int = 4) -> float:
     """Seconds per image of the model on ``count`` test images at once (in memory), after one warm-up call."""
-    segmenter = load(run_dir, device_of(args))
-    index = discover(args.data)
+    segmenter = load(run_dir, device)
+    index = discover(data)
     images = [read_image(index.pairs[name][0]) for name in index.splits["test"][:count]]
     segmenter.predict_batch(images[:1], sampling=sampling)
     started = time.perf_counter()
@@ -136,8 +131,8 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
     for old in (run_dir, folder / f"{variant_name}-s{seed}-test"):
         shutil.rmtree(old, ignore_errors=True)
     recorder = CurveRecorder()
-    on_gpu = args.accelerator == "gpu"
-    if on_gpu:
+    device = "cuda" if args.accelerator == "gpu" else "cpu"  # evaluation and timing run where training ran
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     summary = fit(config, run_dir, callbacks=[recorder], enable_progress_bar=False)
     prompts = prompt_source(variant.prompts) if variant.prompts else None
@@ -148,7 +143,7 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         split="test",
         prompts=prompts,
         sampling=variant.sampling,
-        device=device_of(args),
+        device=device,
     )
     return {
         "variant": variant_name,
@@ -166,9 +161,9 @@ def run_one(variant_name: str, seed: int, args: argparse.Namespace, folder: Path
         "test_iou": round(results["iou"]["mean"], 4),
         "test_hd95": round(results["hd95"]["mean"], 2),
         "n_test": results["dice"]["n"],
-        "inference_seconds_per_image": round(inference_seconds(run_dir, args, variant.sampling), 4),
+        "inference_seconds_per_image": round(inference_seconds(run_dir, args.data, device, variant.sampling), 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
-        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if on_gpu else "",
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else "",
         "curve": recorder.rows,
     }
 
